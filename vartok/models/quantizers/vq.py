@@ -1,0 +1,90 @@
+"""Vector quantization with a cosine-similarity (l2-normalised) low-dimensional codebook, through
+vector-quantize-pytorch's VectorQuantize (EMA codebook or learnable, dead-code reset)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from vector_quantize_pytorch import VectorQuantize
+
+from vartok.models.quantizers import register_quantizer
+from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats
+
+
+@register_quantizer("vq")
+class VQQuantizer(Quantizer):
+    """Nearest code by cosine similarity in a `codebook_dim`-wide space.
+
+    Args:
+        dim: width D of the latents (projected to `codebook_dim` and back when they differ).
+        codebook_size: number of codes K.
+        codebook_dim: width of the codebook space (low-dim codebooks keep usage high).
+        ema: EMA codebook updates (True) or a learnable codebook trained by the `codebook` loss.
+        decay: EMA decay of the codebook.
+        dead_code_threshold: codes whose EMA cluster size falls below this are re-seeded from the batch.
+        sync_codebook: all-reduce the EMA statistics over ranks. None = decided from the world size when
+            training starts (`configure_world_size`), never from a guess at construction.
+    Losses: `commit` (and `codebook` when not EMA), unweighted. Padded tokens (mask False) take no
+    part in the losses or the codebook update; their index is reported as 0.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 4096,
+        codebook_dim: int = 8,
+        ema: bool = True,
+        decay: float = 0.99,
+        dead_code_threshold: float = 1.0,
+        sync_codebook: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if codebook_size < 2:
+            raise ValueError(f"vq codebook_size must be >= 2, got {codebook_size!r}")
+        if codebook_dim < 1:
+            raise ValueError(f"vq codebook_dim must be >= 1, got {codebook_dim!r}")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"vq decay must be in (0, 1), got {decay!r}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        # Projections are ours: the library's commit loss breaks with a mask when it projects itself.
+        self.project_in = nn.Linear(dim, codebook_dim) if dim != codebook_dim else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if dim != codebook_dim else nn.Identity()
+        self._vq_kwargs = dict(
+            dim=codebook_dim,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            use_cosine_sim=True,
+            decay=decay,
+            threshold_ema_dead_code=dead_code_threshold,
+            commitment_weight=1.0,
+            ema_update=ema,
+            learnable_codebook=not ema,
+            rotation_trick=False,
+        )
+        self.ema = ema
+        self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=bool(sync_codebook))
+
+    def configure_world_size(self, world_size: int) -> None:
+        """Rebuild the wrapped module with `sync_codebook = world_size > 1`, keeping its state."""
+        sync = world_size > 1
+        if self.vq._codebook.use_ddp == sync:
+            return
+        state = self.vq.state_dict()
+        self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=sync).to(next(iter(state.values())).device)
+        self.vq.load_state_dict(state)
+
+    def quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:
+        low = self.project_in(z)  # (B, N, codebook_dim)
+        low_codes, indices, _, breakdown = self.vq(low, mask=mask, return_loss_breakdown=True)
+        indices = indices.long()
+        if mask is not None:  # the library zeroes padded tokens and gives them index -1
+            indices = indices.clamp_min(0)
+            padded = self.vq.get_output_from_indices(indices).to(low_codes.dtype)
+            low_codes = torch.where(mask[..., None], low_codes, padded)
+        codes = self.project_out(low_codes)  # (B, N, D)
+        losses = {"commit": breakdown.commitment}
+        return QuantizerOutput(codes, indices, losses, index_stats(indices.detach(), mask, self.codebook_size))
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        return self.project_out(self.vq.get_output_from_indices(indices).float())

@@ -1,0 +1,185 @@
+"""ViT encoder and decoder of a 1D tokenizer (timm blocks, fused attention).
+
+Encoder: patches + N learned latent tokens -> ViT -> the N latent outputs -> token_dim.
+Decoder: N (or fewer) quantized tokens + one mask token per patch -> ViT -> pixels of each patch.
+Neither imports Lightning. Shapes: B batch, P patches, N latent tokens, W width, D token_dim.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from einops import rearrange
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+
+def check_geometry(image_size: int, patch_size: int, num_tokens: int, width: int, heads: int) -> None:
+    """One clear error per bad field, before any tensor is built."""
+    if patch_size < 1 or image_size < 1 or image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_size}")
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    if heads < 1 or width % heads:
+        raise ValueError(f"width {width} must be a positive multiple of heads {heads}")
+
+
+def _blocks(width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool) -> nn.ModuleList:
+    return nn.ModuleList(
+        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)
+    )
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Encoder(nn.Module):
+    """Writes an image into N ordered latent vectors.
+
+    Args:
+        image_size, patch_size: square images (B, 3, H, W) cut into P = (H / patch)^2 patches.
+        width, depth, heads, mlp_ratio: the ViT.
+        num_tokens: N latent tokens; their outputs are the latents.
+        token_dim: D, width of each latent handed to the quantizer.
+        latent_attention: "full", or "prefix_causal" (latent i sees every patch and latents <= i only,
+            so the first k latents never depend on later ones).
+        embed_std: init std of position embeddings and latent tokens (1.0 keeps tokens distinguishable
+            at init; 0.02 makes all latents read the same average and collapse early — CALIBRATION.md).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_tokens: int,
+        token_dim: int,
+        mlp_ratio: float = 4.0,
+        latent_attention: Literal["full", "prefix_causal"] = "full",
+        qk_norm: bool = False,
+        embed_std: float = 1.0,
+        linear_shortcut: bool = True,
+    ) -> None:
+        super().__init__()
+        check_geometry(image_size, patch_size, num_tokens, width, heads)
+        if latent_attention not in ("full", "prefix_causal"):
+            raise ValueError(f"latent_attention must be 'full' or 'prefix_causal', got {latent_attention!r}")
+        self.patch_size, self.num_tokens, self.latent_attention = patch_size, num_tokens, latent_attention
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Linear(3 * patch_size**2, width)
+        self.pos_embed = nn.Parameter(torch.randn(num_patches, width) * embed_std)
+        self.latent_tokens = nn.Parameter(torch.randn(num_tokens, width) * embed_std)
+        # Each latent starts as its own linear mix of the patch embeddings: a PCA-like path that carries
+        # information through the 1D bottleneck from step 0, which attention then refines.
+        self.patch_to_latent = (
+            nn.Parameter(torch.randn(num_tokens, num_patches) / num_patches**0.5) if linear_shortcut else None
+        )
+        self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, token_dim)
+        self.apply(_init_linear)
+        if latent_attention == "prefix_causal":
+            self.register_buffer("attn_mask", self._prefix_causal_mask(num_patches, num_tokens), persistent=False)
+        else:
+            self.attn_mask = None
+
+    @staticmethod
+    def _prefix_causal_mask(num_patches: int, num_tokens: int) -> Tensor:
+        """(P+N, P+N) bool, True = may attend. Patches see patches; latent i sees patches and latents <= i."""
+        size = num_patches + num_tokens
+        allowed = torch.zeros(size, size, dtype=torch.bool)
+        allowed[:, :num_patches] = True
+        allowed[num_patches:, num_patches:] = torch.ones(num_tokens, num_tokens).tril().bool()
+        return allowed
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [-1, 1] -> latents (B, N, D)."""
+        p = self.patch_size
+        patches = rearrange(images, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+        x = self.patch_embed(patches) + self.pos_embed  # (B, P, W)
+        latents = self.latent_tokens.expand(x.shape[0], -1, -1)  # (B, N, W)
+        if self.patch_to_latent is not None:
+            latents = latents + torch.einsum("np,bpw->bnw", self.patch_to_latent.to(x.dtype), x)
+        x = torch.cat([x, latents], dim=1)  # (B, P+N, W)
+        for block in self.blocks:
+            x = block(x, attn_mask=self.attn_mask)
+        return self.proj(self.norm(x[:, -self.num_tokens :]))  # (B, N, D)
+
+
+class Decoder(nn.Module):
+    """Reconstructs pixels from the first k latent tokens, any 1 <= k <= N.
+
+    Args:
+        image_size, patch_size, width, depth, heads, mlp_ratio, embed_std: as the Encoder.
+        num_tokens: N, the most tokens it reads.
+        token_dim: D, width of the (quantized) tokens.
+    `forward(codes, keep_len)`: codes (B, k, D). keep_len None = all k tokens are real; a (B,) tensor
+    gives per-sample lengths, and positions >= keep_len[b] are either excluded from attention
+    (fill="pad", a key-padding mask) or replaced by one learned drop token (fill="mask_token").
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_tokens: int,
+        token_dim: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = False,
+        embed_std: float = 1.0,
+        linear_shortcut: bool = True,
+    ) -> None:
+        super().__init__()
+        check_geometry(image_size, patch_size, num_tokens, width, heads)
+        self.patch_size, self.num_tokens = patch_size, num_tokens
+        self.grid = image_size // patch_size
+        self.token_embed = nn.Linear(token_dim, width)
+        self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * embed_std)
+        self.drop_token = nn.Parameter(torch.randn(width) * embed_std)  # nested dropout's mask token
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.pos_embed = nn.Parameter(torch.randn(self.grid**2, width) * embed_std)
+        # Each patch query starts as a linear mix of the real tokens (the mirror of the encoder's shortcut).
+        self.latent_to_patch = (
+            nn.Parameter(torch.randn(self.grid**2, num_tokens) / num_tokens**0.5) if linear_shortcut else None
+        )
+        self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 3 * patch_size**2)
+        self.apply(_init_linear)
+
+    def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:
+        """codes (B, k, D) -> images (B, 3, H, W) in [-1, 1] (unclamped)."""
+        batch, k, _ = codes.shape
+        tokens = self.token_embed(codes)  # (B, k, W)
+        attn_mask, real = None, None
+        if keep_len is not None:
+            real = torch.arange(k, device=codes.device) < keep_len[:, None]  # (B, k)
+            if fill == "mask_token":
+                tokens = torch.where(real[..., None], tokens, self.drop_token.to(tokens.dtype))
+            else:
+                patches_real = real.new_ones(batch, self.grid**2)
+                attn_mask = torch.cat([real, patches_real], dim=1)[:, None, None, :]  # (B, 1, 1, k+P)
+        queries = (self.mask_token + self.pos_embed).expand(batch, -1, -1).to(tokens.dtype)  # (B, P, W)
+        if self.latent_to_patch is not None:
+            mixed = tokens if real is None else tokens * real[..., None].to(tokens.dtype)  # padding adds 0
+            queries = queries + torch.einsum("pk,bkw->bpw", self.latent_to_patch[:, :k].to(tokens.dtype), mixed)
+        tokens = tokens + self.token_pos[:k]
+        x = torch.cat([tokens, queries], dim=1)  # (B, k+P, W)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        pixels = self.head(self.norm(x[:, k:]))  # (B, P, 3*p*p)
+        p = self.patch_size
+        return rearrange(pixels, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
