@@ -1,0 +1,168 @@
+"""`ImageDataModule`: webdataset shards -> uint8 image batches for Lightning (its __init__ is the config schema).
+
+Batches are ``{"image": uint8 (B,3,H,W), "valid": bool (B,), "key": list[str]}``; convert to float on the
+device (``batch["image"].float() / 255``). Training batches are all valid. Validation batches are full-size and
+padded with ``valid=False`` samples so that every rank runs the same number of steps while each image is
+counted exactly once: weight per-sample metrics by ``valid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+
+import pytorch_lightning as pl
+import torch
+
+from vartok.data.demo import DEMO_SIZE, demo_shards
+from vartok.data.errors import DataError
+from vartok.data.loader import ImageLoader, check_positive, train_loader, val_loader
+from vartok.data.manifest import expand_shards
+from vartok.data.splitting import dist_info
+
+log = logging.getLogger("vartok.data")
+DEMO = "demo"
+# Our streams report exact per-rank lengths (each worker yields a planned share), so Lightning's generic
+# caution about IterableDataset.__len__ with several workers does not apply.
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Streaming image data from webdataset tar shards (or the embedded demo set).
+
+    Args:
+        train_shards: shard paths, brace pattern (``/data/train/shard-{000000..000146}.tar``), glob, shard
+            folder, remote URL, a list of these, or "demo" for the embedded scikit-image crops.
+        val_shards: the same for validation; None: the demo's validation crops when training on "demo",
+            otherwise no validation.
+        image_size: side of the square crops (the shorter side is resized to it, bicubic with antialiasing).
+        batch_size: training samples per batch and rank.
+        val_batch_size: validation samples per batch (default: batch_size).
+        num_workers: DataLoader worker processes per rank.
+        epoch_size: training samples per rank per epoch (default: dataset size / world size).
+        seed: shuffling seed; the order depends on (seed, epoch) only.
+        flip: random horizontal flips for training.
+        max_skip_fraction: stop with a clear message when a larger fraction of samples is unusable.
+        shuffle_buffer: samples in each worker's shuffle buffer.
+        resampled: endless resampled shards cut into equal epochs on every rank (required for multi-GPU
+            training); False reads each training sample exactly once per epoch.
+        max_pixels: images with more pixels are skipped (decompression-bomb guard; default PIL's limit).
+        demo_dir: where the demo shards are cached (default $VARTOK_CACHE/demo or ~/.cache/vartok/demo).
+    """
+
+    def __init__(self, train_shards: str | list[str] = DEMO, val_shards: str | list[str] | None = None,
+                 image_size: int = DEMO_SIZE, batch_size: int = 64, val_batch_size: int | None = None,
+                 num_workers: int = 2, epoch_size: int | None = None, seed: int = 0, flip: bool = True,
+                 max_skip_fraction: float = 0.01, shuffle_buffer: int = 1000, resampled: bool = True,
+                 max_pixels: int | None = None, demo_dir: str | None = None) -> None:
+        super().__init__()
+        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+            check_positive(name, value)
+        for name, value in (("val_batch_size", val_batch_size), ("epoch_size", epoch_size),
+                            ("max_pixels", max_pixels)):
+            if value is not None:
+                check_positive(name, value)
+        check_positive("num_workers", num_workers, allow_zero=True)
+        check_positive("shuffle_buffer", shuffle_buffer, allow_zero=True)
+        if not isinstance(max_skip_fraction, (int, float)) or not 0.0 <= max_skip_fraction <= 1.0:
+            raise DataError(f"max_skip_fraction={max_skip_fraction!r} is not allowed; it must be in [0, 1].")
+        self.uses_demo = train_shards == DEMO or val_shards == DEMO
+        if val_shards is None and train_shards == DEMO:
+            val_shards = DEMO
+        # Local shard patterns are checked now, before any work (the demo is built in prepare_data).
+        self._train_urls = None if train_shards == DEMO else expand_shards(train_shards, "train_shards")
+        self._val_urls = None if val_shards in (DEMO, None) else expand_shards(val_shards, "val_shards")
+        self.train_shards, self.val_shards = train_shards, val_shards
+        self.image_size, self.batch_size = image_size, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers, self.epoch_size, self.seed, self.flip = num_workers, epoch_size, seed, flip
+        self.max_skip_fraction, self.shuffle_buffer, self.resampled = max_skip_fraction, shuffle_buffer, resampled
+        self.max_pixels, self.demo_dir = max_pixels, demo_dir
+        self._loaders: dict[str, ImageLoader] = {}
+        if self.uses_demo and image_size != DEMO_SIZE:
+            log.warning("the demo crops are %d px; image_size=%d resizes them", DEMO_SIZE, image_size)
+
+    def prepare_data(self) -> None:
+        """Build the demo shards once per node (cached; later calls return at once)."""
+        if self.uses_demo:
+            demo_shards(self.demo_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve the demo shards (building them if prepare_data did not run on this node)."""
+        if self.uses_demo:
+            demo = demo_shards(self.demo_dir)
+            if self.train_shards == DEMO:
+                self._train_urls = demo["train"]
+            if self.val_shards == DEMO:
+                self._val_urls = demo["val"]
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return dist_info()
+
+    def _current_epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
+
+    def _urls(self, split: str) -> list[str] | None:
+        if (self._train_urls if split == "train" else self._val_urls) is None and self.uses_demo:
+            self.setup()
+        return self._train_urls if split == "train" else self._val_urls
+
+    def train_dataloader(self) -> ImageLoader:
+        rank, world_size = self._rank_world()
+        if not self.resampled and world_size > 1:
+            log.warning("resampled=False with %d ranks: ranks may get different numbers of batches per epoch "
+                        "(and DDP can hang); use resampled=True for multi-GPU training", world_size)
+        loader = train_loader(
+            self._urls("train"), self.image_size, self.batch_size, num_workers=self.num_workers,
+            epoch_size=self.epoch_size, seed=self.seed, flip=self.flip, shuffle_buffer=self.shuffle_buffer,
+            resampled=self.resampled, rank=rank, world_size=world_size, max_pixels=self.max_pixels,
+            max_skip_fraction=self.max_skip_fraction, pin_memory=torch.cuda.is_available(),
+            epoch_fn=self._current_epoch)
+        self._loaders["train"] = loader
+        return loader
+
+    def val_dataloader(self) -> ImageLoader | list:
+        urls = self._urls("val")
+        if urls is None:
+            return []
+        rank, world_size = self._rank_world()
+        loader = val_loader(urls, self.image_size, self.val_batch_size, self.num_workers, rank, world_size,
+                            self.max_pixels, self.max_skip_fraction, torch.cuda.is_available())
+        self._loaders["val"] = loader
+        return loader
+
+    def steps_per_epoch(self) -> int | None:
+        """Training batches per rank per epoch (None for an unbounded single pass)."""
+        loader = self._loaders.get("train") or self.train_dataloader()
+        try:
+            return len(loader)
+        except TypeError:
+            return None
+
+    def skipped(self, split: str | None = None) -> dict[str, int]:
+        """Samples left out so far on this rank, by reason.
+
+        Args:
+            split: "train", "val", or None for both.
+        """
+        total: Counter[str] = Counter()
+        for name, loader in self._loaders.items():
+            if split in (None, name):
+                total.update(loader.skipped())
+        return dict(total)
+
+    def converted(self, split: str | None = None) -> dict[str, int]:
+        """Samples used after a conversion (grayscale, cmyk, alpha, upscaled, ...), by kind.
+
+        Args:
+            split: "train", "val", or None for both.
+        """
+        total: Counter[str] = Counter()
+        for name, loader in self._loaders.items():
+            if split in (None, name):
+                total.update(loader.converted())
+        return dict(total)
+

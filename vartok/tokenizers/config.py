@@ -1,0 +1,136 @@
+"""The tokenizer's architecture as one JSON-able dataclass, and the registry of named presets.
+
+A preset is a few lines: `titok_s_128` = TiTok-S shape (width 512, depth 8 per side) with 128 tokens at
+256 px, patch 16. `Tokenizer.from_preset(name, quantizer=..., **overrides)` builds one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Default keyword arguments of each quantizer when a preset does not say otherwise.
+QUANTIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vq": {"codebook_size": 4096, "codebook_dim": 12},
+    "fsq": {"levels": [8, 8, 8, 5, 5, 5]},
+    "lfq": {"bits": 18},
+    "bsq": {"bits": 18},
+    "gq": {"bits": 32, "groups": 4},
+}
+
+
+def code_width(quantizer: str, args: dict[str, Any]) -> int:
+    """Width of one code: the natural token_dim (no projection inside the quantizer)."""
+    if quantizer == "fsq":
+        return len(args.get("levels", QUANTIZER_DEFAULTS["fsq"]["levels"]))
+    if quantizer == "vq":
+        return int(args.get("codebook_dim", QUANTIZER_DEFAULTS["vq"]["codebook_dim"]))
+    if quantizer in ("lfq", "bsq", "gq"):
+        return int(args.get("bits", QUANTIZER_DEFAULTS[quantizer]["bits"]))
+    raise ValueError(f"unknown quantizer {quantizer!r}; allowed: {', '.join(QUANTIZER_DEFAULTS)}")
+
+
+@dataclass
+class TokenizerConfig:
+    """Args:
+    image_size, patch_size: square input images cut into (image_size / patch_size)^2 patches.
+    width, depth, heads: encoder ViT; decoder_* default to the encoder's.
+    num_tokens: N latent tokens.
+    quantizer, quantizer_args: a name of `vartok.models.quantizers` and its keywords (SPEC.md §1);
+        missing keywords take QUANTIZER_DEFAULTS.
+    token_dim: latent width handed to the quantizer; None = the code width (no projection).
+    latent_attention: "full" or "prefix_causal" (SPEC.md §2).
+    decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
+        trained with tail drop or no policy, "mask_token" for nested dropout.
+    embed_std, linear_shortcut, qk_norm, mlp_ratio: see `vartok.models.vit`.
+    """
+
+    image_size: int = 256
+    patch_size: int = 16
+    width: int = 512
+    depth: int = 8
+    heads: int = 8
+    num_tokens: int = 128
+    quantizer: str = "vq"
+    quantizer_args: dict[str, Any] = field(default_factory=dict)
+    token_dim: int | None = None
+    decoder_width: int | None = None
+    decoder_depth: int | None = None
+    decoder_heads: int | None = None
+    latent_attention: Literal["full", "prefix_causal"] = "full"
+    decode_fill: Literal["pad", "mask_token"] = "pad"
+    mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    embed_std: float = 1.0
+    linear_shortcut: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantizer not in QUANTIZER_DEFAULTS:
+            raise ValueError(f"quantizer {self.quantizer!r} is unknown; allowed: {', '.join(QUANTIZER_DEFAULTS)}")
+        self.quantizer_args = {**QUANTIZER_DEFAULTS[self.quantizer], **dict(self.quantizer_args)}
+        for name in ("image_size", "patch_size", "width", "depth", "heads", "num_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"tokenizer.{name} must be a positive int, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"tokenizer.image_size {self.image_size} is not divisible by tokenizer.patch_size {self.patch_size}"
+            )
+        for prefix in ("", "decoder_"):
+            width, heads = getattr(self, f"{prefix}width") or self.width, getattr(self, f"{prefix}heads") or self.heads
+            if width % heads:
+                raise ValueError(f"tokenizer.{prefix}width {width} is not divisible by tokenizer.{prefix}heads {heads}")
+        if self.decode_fill not in ("pad", "mask_token"):
+            raise ValueError(f"tokenizer.decode_fill must be 'pad' or 'mask_token', got {self.decode_fill!r}")
+        if self.token_dim is not None and self.token_dim < 1:
+            raise ValueError(f"tokenizer.token_dim must be >= 1, got {self.token_dim}")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.token_dim or code_width(self.quantizer, self.quantizer_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TokenizerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenizer config fields {unknown}; allowed: {sorted(known)}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- presets
+_TITOK_SHAPES = {"s": (512, 8, 8), "b": (768, 12, 12), "l": (1024, 24, 16)}  # width, depth per side, heads
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demo: 32 px, 4x4 patches of 8 px, 32 tokens of ~16 bits; trains in minutes on 2 cores.
+    "demo": dict(
+        image_size=32, patch_size=8, width=128, depth=3, heads=4, num_tokens=32,
+        quantizer="fsq", quantizer_args={"levels": [8, 8, 8, 5, 5, 5]}, latent_attention="prefix_causal",
+    ),
+    # The smallest shape that still runs every code path: for tests.
+    "demo_tiny": dict(
+        image_size=16, patch_size=8, width=32, depth=1, heads=2, num_tokens=4,
+        quantizer="fsq", quantizer_args={"levels": [5, 5, 5]},
+    ),
+}
+for _size, (_width, _depth, _heads) in _TITOK_SHAPES.items():
+    for _tokens in (32, 64, 128, 256):
+        PRESETS[f"titok_{_size}_{_tokens}"] = dict(
+            image_size=256, patch_size=16, width=_width, depth=_depth, heads=_heads, num_tokens=_tokens,
+            quantizer="vq", quantizer_args={"codebook_size": 4096, "codebook_dim": 12},
+        )
+
+
+def preset_config(name: str, quantizer: str | None = None, **overrides: Any) -> TokenizerConfig:
+    """The config of a named preset, optionally with another quantizer (its defaults) and overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}")
+    values = dict(PRESETS[name])
+    if quantizer is not None and quantizer != values["quantizer"]:
+        values["quantizer"], values["quantizer_args"] = quantizer, {}
+    values.update(overrides)
+    return TokenizerConfig(**values)

@@ -1,0 +1,141 @@
+"""Length policies (SPEC.md §2): how many of the N ordered tokens the decoder sees in a training step.
+
+`tail_drop` (One-D-Piece) keeps the first k tokens and removes the rest: granularity "batch" truncates
+the whole batch to one k (compute falls with k); "sample" draws k per image and excludes the dropped tail
+from attention with a key-padding mask. `nested_dropout` (FlexTok) draws k per image and overwrites
+positions >= k with one learned mask token (the sequence stays N long). Applied after the quantizer, so
+the quantizer losses always see all N tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+Distribution = Literal["uniform", "pow2", "uniform_pow2", "list"]
+
+
+class LengthSample(NamedTuple):
+    """Args:
+    length: decoder sequence length (tokens kept in the tensor): k for batch tail drop, else N or max k.
+    keep_len: (B,) int64 per-sample lengths, or None when every sample keeps `length` tokens.
+    fill: "pad" (key-padding mask) or "mask_token" (learned token) for positions >= keep_len.
+    """
+
+    length: int
+    keep_len: Tensor | None
+    fill: str
+
+
+@dataclass
+class LengthPolicy:
+    """Args:
+    mode: "none" (always N), "tail_drop" or "nested_dropout".
+    granularity: "batch" (one k per step; tail_drop only) or "sample" (one k per image).
+    distribution: "uniform" on {1..N}, "pow2" uniform on {1,2,4,...,N}, "uniform_pow2" (uniform rounded up
+        to a power of two, capped at N), or "list" (the values in `lengths` with `weights`).
+    lengths, weights: the explicit list and its (unnormalised, positive-sum) weights for "list".
+    p_full: probability that a draw is k = N regardless of the distribution.
+    start_step: no dropping before this training step.
+    """
+
+    mode: Literal["none", "tail_drop", "nested_dropout"] = "none"
+    granularity: Literal["batch", "sample"] = "batch"
+    distribution: Distribution = "pow2"
+    lengths: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    p_full: float = 0.0
+    start_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "tail_drop", "nested_dropout"):
+            raise ValueError(f"length_policy.mode must be none, tail_drop or nested_dropout, got {self.mode!r}")
+        if self.granularity not in ("batch", "sample"):
+            raise ValueError(f"length_policy.granularity must be batch or sample, got {self.granularity!r}")
+        if self.mode == "nested_dropout" and self.granularity != "sample":
+            raise ValueError("length_policy.granularity must be 'sample' for nested_dropout (one k per image)")
+        if self.distribution not in ("uniform", "pow2", "uniform_pow2", "list"):
+            raise ValueError(
+                f"length_policy.distribution must be uniform, pow2, uniform_pow2 or list, got {self.distribution!r}"
+            )
+        if self.distribution == "list":
+            if not self.lengths:
+                raise ValueError("length_policy.lengths must be a non-empty list when distribution is 'list'")
+            if any(int(k) < 1 for k in self.lengths):
+                raise ValueError(f"length_policy.lengths must all be >= 1, got {self.lengths}")
+            weights = self.weights or [1.0] * len(self.lengths)
+            if len(weights) != len(self.lengths) or any(w < 0 for w in weights) or not sum(weights) > 0:
+                raise ValueError(
+                    f"length_policy.weights must be {len(self.lengths)} non-negative numbers with a positive sum, "
+                    f"got {self.weights}"
+                )
+        if not 0.0 <= self.p_full <= 1.0:
+            raise ValueError(f"length_policy.p_full must be in [0, 1], got {self.p_full}")
+        if self.start_step < 0:
+            raise ValueError(f"length_policy.start_step must be >= 0, got {self.start_step}")
+
+    def support(self, num_tokens: int) -> tuple[Tensor, Tensor]:
+        """The lengths that can be drawn and their probabilities (before p_full): (values, probs)."""
+        n = num_tokens
+        if self.distribution == "uniform":
+            values = torch.arange(1, n + 1)
+            probs = torch.full((n,), 1.0 / n)
+        elif self.distribution == "pow2":
+            values = torch.tensor(sorted({min(2**i, n) for i in range(math.ceil(math.log2(n)) + 1)}))
+            probs = torch.full((len(values),), 1.0 / len(values))
+        elif self.distribution == "uniform_pow2":
+            rounded = [min(2 ** math.ceil(math.log2(k)), n) for k in range(1, n + 1)]
+            values = torch.tensor(sorted(set(rounded)))
+            probs = torch.tensor([rounded.count(int(v)) / n for v in values])
+        else:
+            if max(self.lengths) > n:
+                raise ValueError(f"length_policy.lengths {self.lengths} exceed num_tokens {n}")
+            weights = torch.tensor(self.weights or [1.0] * len(self.lengths), dtype=torch.float64)
+            values = torch.tensor([int(k) for k in self.lengths])
+            probs = (weights / weights.sum()).float()
+        return values, probs
+
+    def draw(self, count: int, num_tokens: int, generator: torch.Generator | None = None) -> Tensor:
+        """`count` lengths (int64) from the distribution mixed with p_full at N."""
+        values, probs = self.support(num_tokens)
+        picks = values[torch.multinomial(probs, count, replacement=True, generator=generator)]
+        full = torch.rand(count, generator=generator) < self.p_full
+        return torch.where(full, torch.full_like(picks, num_tokens), picks)
+
+    def sample(
+        self, batch: int, num_tokens: int, step: int, generator: torch.Generator | None = None
+    ) -> LengthSample:
+        """The decoder input for one training step."""
+        if self.mode == "none" or step < self.start_step:
+            return LengthSample(num_tokens, None, "pad")
+        if self.granularity == "batch":
+            return LengthSample(int(self.draw(1, num_tokens, generator)[0]), None, "pad")
+        keep_len = self.draw(batch, num_tokens, generator)
+        if self.mode == "nested_dropout":
+            return LengthSample(num_tokens, keep_len, "mask_token")
+        return LengthSample(int(keep_len.max()), keep_len, "pad")
+
+
+def check_length(length: int | Tensor | None, num_tokens: int, batch: int) -> int | Tensor:
+    """Validate a decode length: an int in [1, N] or an integer (B,) tensor of such values."""
+    if length is None:
+        return num_tokens
+    if isinstance(length, Tensor):
+        if length.dim() == 0:
+            length = int(length)
+        else:
+            if length.shape != (batch,) or length.dtype.is_floating_point or length.dtype == torch.bool:
+                raise ValueError(
+                    f"length must be an int or an integer tensor of shape ({batch},), "
+                    f"got {length.dtype} {tuple(length.shape)}"
+                )
+            if int(length.min()) < 1 or int(length.max()) > num_tokens:
+                raise ValueError(f"length values must be in [1, {num_tokens}], got {length.tolist()}")
+            return length.long()
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= num_tokens:
+        raise ValueError(f"length must be an int in [1, {num_tokens}], got {length!r}")
+    return length

@@ -1,0 +1,109 @@
+"""Loss weights and optimisation settings of the training module: the one place they live."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LossWeights:
+    """Args:
+    l1, l2: pixel losses on [0, 1] images.
+    commit, entropy, codebook: weights of the quantizer's UNWEIGHTED losses (SPEC.md §1); a loss the
+        quantizer does not produce is ignored.
+    entropy_start, entropy_decay_steps: the entropy weight starts at `entropy_start` and decays linearly
+        to `entropy` over the first steps (None = constant).
+    """
+
+    l1: float = 0.0
+    l2: float = 1.0
+    commit: float = 0.25
+    entropy: float = 0.05
+    codebook: float = 1.0
+    entropy_start: float | None = None
+    entropy_decay_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("l1", "l2", "commit", "entropy", "codebook"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
+        if self.l1 == 0 and self.l2 == 0:
+            raise ValueError("loss.l1 and loss.l2 are both 0: at least one pixel loss must be positive")
+        if self.entropy_start is not None and self.entropy_start < 0:
+            raise ValueError(f"loss.entropy_start must be >= 0, got {self.entropy_start!r}")
+        if self.entropy_decay_steps < 0:
+            raise ValueError(f"loss.entropy_decay_steps must be >= 0, got {self.entropy_decay_steps!r}")
+
+
+@dataclass
+class Optimization:
+    """Args:
+    lr: peak learning rate of AdamW; betas; weight_decay (never on norms, biases, tokens, embeddings).
+    warmup_steps: linear warmup from 0; then cosine to lr * min_lr_ratio at the trainer's max_steps.
+    grad_clip: max gradient norm (0 = off).
+    ema_decay: decay of the tokenizer's EMA (used for validation and export).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError(
+                f"optim.weight_decay, warmup_steps and grad_clip must be >= 0, got "
+                f"{self.weight_decay!r}, {self.warmup_steps!r}, {self.grad_clip!r}"
+            )
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+
+
+NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop_token", "patch_to_latent",
+                  "latent_to_patch")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, latent/mask tokens and position embeddings."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if param.ndim < 2 or leaf in NO_DECAY_NAMES or "norm" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LambdaLR factor: linear warmup, then cosine from 1 to min_ratio at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def pixel_losses(recon: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> dict[str, torch.Tensor]:
+    """Unweighted pixel losses that have a positive weight; recon/target (B, 3, H, W) in [0, 1]."""
+    losses = {}
+    if weights.l1 > 0:
+        losses["l1"] = (recon - target).abs().mean()
+    if weights.l2 > 0:
+        losses["l2"] = (recon - target).pow(2).mean()
+    return losses
