@@ -45,6 +45,16 @@ class VartokCLI(LightningCLI):
                             help="metrics of the end-of-fit report (psnr, ssim, lpips, rfid)")
         parser.add_argument("--skip_report", type=bool, default=False, help="do not export/evaluate after fit")
 
+    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201 - LightningCLI hook
+        """Default loggers: TensorBoard + CSV under `<run dir>/logs` (a config's own loggers win)."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+            root = trainer_config.get("default_root_dir") or "runs/default"
+            kwargs["logger"] = [TensorBoardLogger(root, name="logs", version=""), CSVLogger(root, name="logs", version="")]
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         if config.get("skip_report") or not self.trainer.is_global_zero:

@@ -51,12 +51,15 @@ class ImageDataModule(pl.LightningDataModule):
         demo_dir: where the demo shards are cached (default $VARTOK_CACHE/demo or ~/.cache/vartok/demo).
     """
 
-    def __init__(self, train_shards: str | list[str] = DEMO, val_shards: str | list[str] | None = None,
+    def __init__(self, train_shards: str | list[str] | None = DEMO, val_shards: str | list[str] | None = None,
                  image_size: int = DEMO_SIZE, batch_size: int = 64, val_batch_size: int | None = None,
                  num_workers: int = 2, epoch_size: int | None = None, seed: int = 0, flip: bool = True,
                  max_skip_fraction: float = 0.01, shuffle_buffer: int = 1000, resampled: bool = True,
                  max_pixels: int | None = None, demo_dir: str | None = None) -> None:
         super().__init__()
+        if train_shards is None:
+            raise DataError("data.train_shards is required: give shard paths or a brace pattern "
+                            "(e.g. --data.train_shards '/data/train/shard-{000000..000146}.tar'), or 'demo'.")
         for name, value in (("image_size", image_size), ("batch_size", batch_size)):
             check_positive(name, value)
         for name, value in (("val_batch_size", val_batch_size), ("epoch_size", epoch_size),

@@ -10,6 +10,7 @@ the quantizer losses always see all N tokens.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -38,7 +39,8 @@ class LengthPolicy:
     granularity: "batch" (one k per step; tail_drop only) or "sample" (one k per image).
     distribution: "uniform" on {1..N}, "pow2" uniform on {1,2,4,...,N}, "uniform_pow2" (uniform rounded up
         to a power of two, capped at N), or "list" (the values in `lengths` with `weights`).
-    lengths, weights: the explicit list and its (unnormalised, positive-sum) weights for "list".
+    lengths, weights: the explicit list (integers in [1, N]) and its unnormalised weights (finite, >= 0,
+        positive sum; empty = equal) for "list"; an error with any other distribution.
     p_full: probability that a draw is k = N regardless of the distribution.
     start_step: no dropping before this training step.
     """
@@ -63,20 +65,34 @@ class LengthPolicy:
                 f"length_policy.distribution must be uniform, pow2, uniform_pow2 or list, got {self.distribution!r}"
             )
         if self.distribution == "list":
-            if not self.lengths:
-                raise ValueError("length_policy.lengths must be a non-empty list when distribution is 'list'")
-            if any(int(k) < 1 for k in self.lengths):
-                raise ValueError(f"length_policy.lengths must all be >= 1, got {self.lengths}")
-            weights = self.weights or [1.0] * len(self.lengths)
-            if len(weights) != len(self.lengths) or any(w < 0 for w in weights) or not sum(weights) > 0:
-                raise ValueError(
-                    f"length_policy.weights must be {len(self.lengths)} non-negative numbers with a positive sum, "
-                    f"got {self.weights}"
-                )
-        if not 0.0 <= self.p_full <= 1.0:
-            raise ValueError(f"length_policy.p_full must be in [0, 1], got {self.p_full}")
-        if self.start_step < 0:
-            raise ValueError(f"length_policy.start_step must be >= 0, got {self.start_step}")
+            self._check_list()
+        elif self.lengths or self.weights:
+            raise ValueError(
+                f"length_policy.lengths / weights are only used with distribution 'list', got distribution "
+                f"{self.distribution!r} with lengths {self.lengths} and weights {self.weights}"
+            )
+        if isinstance(self.p_full, bool) or not 0.0 <= self.p_full <= 1.0:
+            raise ValueError(f"length_policy.p_full must be a probability in [0, 1], got {self.p_full!r}")
+        if not _is_int(self.start_step) or self.start_step < 0:
+            raise ValueError(f"length_policy.start_step must be an int >= 0, got {self.start_step!r}")
+
+    def _check_list(self) -> None:
+        """The explicit list: integer lengths >= 1 (<= N is checked in `support`, when N is known) and
+        finite non-negative weights with a positive sum (empty weights = equal weights)."""
+        if not self.lengths:
+            raise ValueError(
+                "length_policy.lengths must be a non-empty list of token counts in [1, num_tokens] when "
+                "distribution is 'list', got []"
+            )
+        if any(not _is_int(k) or k < 1 for k in self.lengths):
+            raise ValueError(f"length_policy.lengths must be integers in [1, num_tokens], got {self.lengths}")
+        weights = self.weights or [1.0] * len(self.lengths)
+        finite = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
+        if len(weights) != len(self.lengths) or not finite or any(w < 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(
+                f"length_policy.weights must be {len(self.lengths)} finite numbers >= 0 (one per length) with a "
+                f"sum > 0, got {self.weights}"
+            )
 
     def support(self, num_tokens: int) -> tuple[Tensor, Tensor]:
         """The lengths that can be drawn and their probabilities (before p_full): (values, probs)."""
@@ -93,7 +109,7 @@ class LengthPolicy:
             probs = torch.tensor([rounded.count(int(v)) / n for v in values])
         else:
             if max(self.lengths) > n:
-                raise ValueError(f"length_policy.lengths {self.lengths} exceed num_tokens {n}")
+                raise ValueError(f"length_policy.lengths must be in [1, {n}] (num_tokens), got {self.lengths}")
             weights = torch.tensor(self.weights or [1.0] * len(self.lengths), dtype=torch.float64)
             values = torch.tensor([int(k) for k in self.lengths])
             probs = (weights / weights.sum()).float()
@@ -120,22 +136,35 @@ class LengthPolicy:
         return LengthSample(int(keep_len.max()), keep_len, "pad")
 
 
+def _is_int(value: object) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_length(length: int | Tensor | None, num_tokens: int, batch: int) -> int | Tensor:
-    """Validate a decode length: an int in [1, N] or an integer (B,) tensor of such values."""
+    """Validate a decode length: None (= N), an int in [1, N], or an integer (B,) tensor of such values.
+
+    Args:
+        length: the requested length(s); a 0-dim integer tensor counts as an int.
+        num_tokens: N.
+        batch: B, the number of images being decoded.
+    Returns:
+        An int, or the (B,) int64 tensor of per-sample lengths.
+    """
     if length is None:
         return num_tokens
+    allowed = f"an int in [1, {num_tokens}] or an integer tensor of shape ({batch},) with values in [1, {num_tokens}]"
     if isinstance(length, Tensor):
+        if length.dtype.is_floating_point or length.dtype.is_complex or length.dtype == torch.bool:
+            raise ValueError(f"length must be {allowed}, got a {length.dtype} tensor")
         if length.dim() == 0:
             length = int(length)
+        elif length.shape != (batch,):
+            raise ValueError(f"length must be {allowed}, got a tensor of shape {tuple(length.shape)}")
         else:
-            if length.shape != (batch,) or length.dtype.is_floating_point or length.dtype == torch.bool:
-                raise ValueError(
-                    f"length must be an int or an integer tensor of shape ({batch},), "
-                    f"got {length.dtype} {tuple(length.shape)}"
-                )
-            if int(length.min()) < 1 or int(length.max()) > num_tokens:
-                raise ValueError(f"length values must be in [1, {num_tokens}], got {length.tolist()}")
+            if batch and (int(length.min()) < 1 or int(length.max()) > num_tokens):
+                raise ValueError(f"length must be {allowed}, got values {length.tolist()}")
             return length.long()
-    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= num_tokens:
-        raise ValueError(f"length must be an int in [1, {num_tokens}], got {length!r}")
-    return length
+    if not _is_int(length) or not 1 <= length <= num_tokens:
+        raise ValueError(f"length must be {allowed}, got {length!r}")
+    return int(length)

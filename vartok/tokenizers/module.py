@@ -1,26 +1,51 @@
-"""The LightningModule that trains a Tokenizer (manual optimization, so a GAN can join later).
+"""The LightningModule that trains a Tokenizer (manual optimization: tokenizer + optional discriminator).
 
-One training step reads as: forward (encode, quantize, drop, decode), losses, optimizer step, EMA.
-Validation and export use the EMA tokenizer.
+One training step reads as: forward (encode, quantize, drop, decode), losses, tokenizer step, then — once
+the GAN has started — a discriminator step, then EMA. Validation and export use the EMA tokenizer.
+
+Losses (SPEC.md §5): pixel L1/L2, LPIPS (frozen VGG; held outside the module tree, so it is never in a
+checkpoint, the EMA, DDP or the export), quantizer losses, and from `loss.gan_start_step` on the adversarial
+term of a PatchDiscriminator (hinge or non-saturating, optional adaptive weight, optional LeCam).
+
+Counting: `step_count` counts training steps. The discriminator's optimizer steps through the strategy
+(precision plugin) but not through Lightning's step counter, so `trainer.global_step` and
+`trainer.max_steps` also count training steps, not optimizer steps.
+
+DDP with a discriminator: each step has two backward passes, and before the start step the discriminator is
+unused, so the strategy must find unused parameters: `--trainer.strategy ddp_find_unused_parameters_true`
+(checked at the start of fit).
 """
 
 from __future__ import annotations
 
+import inspect
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from vartok.models.discriminator import PatchDiscriminator
+from vartok.models.losses import LeCam, LPIPSLoss, adaptive_weight, discriminator_loss, generator_loss
 from vartok.models.quantizers.binary import NonFiniteError
 from vartok.models.quantizers.schedule import WeightSchedule
+from vartok.models.weights import WeightsNotFoundError
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.ema import EMA
 from vartok.tokenizers.length import LengthPolicy
-from vartok.tokenizers.objectives import LossWeights, Optimization, parameter_groups, pixel_losses, warmup_cosine
+from vartok.tokenizers.objectives import (
+    LossWeights,
+    Optimization,
+    parameter_groups,
+    pixel_losses,
+    warmup_cosine,
+)
 from vartok.tokenizers.tokenizer import Tokenizer, TokenizerOutput
 
 
@@ -40,6 +65,31 @@ def psnr_per_image(recon: Tensor, target: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of `module` do not require grad inside the block (the graph built there excludes them)."""
+    states = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, state in zip(module.parameters(), states):
+            param.requires_grad_(state)
+
+
+def build_discriminator(overrides: dict[str, Any] | None, image_size: int) -> PatchDiscriminator:
+    """PatchDiscriminator(**overrides), with one clear error for an unknown argument or a too-small image."""
+    overrides = dict(overrides or {})
+    allowed = list(inspect.signature(PatchDiscriminator).parameters)
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        names = ", ".join(allowed)
+        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {names}")
+    discriminator = PatchDiscriminator(**overrides)
+    discriminator.check_image_size(image_size)
+    return discriminator
+
+
 class TokenizerModule(pl.LightningModule):
     """Trains a 1D tokenizer.
 
@@ -51,6 +101,11 @@ class TokenizerModule(pl.LightningModule):
         optim: optimizer, schedule, clipping and EMA settings.
         seed: seeds the per-step random draws (lengths, perturbation) with (seed, step, rank).
         val_lengths: token counts whose PSNR is logged at validation (None = 1, 2, 4, ..., N).
+        discriminator: PatchDiscriminator arguments (channels, num_layers, ...); built when loss.gan > 0.
+        lpips_weights: VGG16 weights file for the LPIPS loss (torchvision's vgg16-397923af.pth or a full LPIPS
+            state dict); None = the torch hub cache. Resolved at the start of fit.
+        lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only: the
+            perceptual loss is then meaningless).
     """
 
     def __init__(
@@ -62,6 +117,9 @@ class TokenizerModule(pl.LightningModule):
         optim: Optimization | None = None,
         seed: int = 0,
         val_lengths: list[int] | None = None,
+        discriminator: dict[str, Any] | None = None,
+        lpips_weights: str | None = None,
+        lpips_random_init: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -85,10 +143,18 @@ class TokenizerModule(pl.LightningModule):
         self.val_lengths = lengths
         self.val_psnr = torch.nn.ModuleDict({str(k): MeanMetric() for k in lengths})
         self.step_count = 0  # training steps (not optimizer steps), saved in checkpoints
+        gan = self.loss_weights.gan > 0
+        # Never part of self.tokenizer: so never in the EMA, the export or the tokenizer's parameter count.
+        self.discriminator = build_discriminator(discriminator, config.image_size) if gan else None
+        self.lecam = LeCam(self.loss_weights.lecam_decay) if gan and self.loss_weights.lecam > 0 else None
+        self.lpips_weights, self.lpips_random_init = lpips_weights, lpips_random_init
+        self._loss_networks: dict[str, nn.Module] = {}  # frozen LPIPS: deliberately not a submodule
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "preset": preset, "tokenizer": tokenizer, "length_policy": asdict(self.length_policy),
-            "loss": asdict(self.loss_weights), "optim": asdict(self.optim), "seed": seed, "val_lengths": lengths,
+            "loss": asdict(self.loss_weights), "optim": asdict(self.optim), "seed": seed,
+            "val_lengths": lengths, "discriminator": discriminator, "lpips_weights": lpips_weights,
+            "lpips_random_init": lpips_random_init,
         })
 
     # ------------------------------------------------------------------ setup
@@ -97,15 +163,65 @@ class TokenizerModule(pl.LightningModule):
         if configure is not None and self.trainer is not None:
             configure(self.trainer.world_size)
             self.ema.module.quantizer.configure_world_size(self.trainer.world_size)
+        if stage == "fit":
+            self.perceptual_loss()  # missing VGG weights: one clear error now, not at the first step
+
+    def on_fit_start(self) -> None:
+        model = self.trainer.model
+        if self.discriminator is not None and isinstance(model, nn.parallel.DistributedDataParallel) \
+                and not model.find_unused_parameters:
+            raise ValueError(
+                "model.loss.gan > 0 trains a discriminator (two backward passes per step, unused before "
+                f"loss.gan_start_step={self.loss_weights.gan_start_step}); under DDP use "
+                "--trainer.strategy ddp_find_unused_parameters_true"
+            )
+        counts = self.parameter_counts()
+        rank_zero_info(", ".join(f"{name}: {count:,} parameters" for name, count in counts.items()))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable sizes: the tokenizer (what is exported) and, apart, the discriminator."""
+        counts = {"tokenizer": self.tokenizer.num_parameters()}
+        if self.discriminator is not None:
+            counts["discriminator"] = sum(p.numel() for p in self.discriminator.parameters())
+        return counts
+
+    def perceptual_loss(self) -> nn.Module | None:
+        """The frozen LPIPS loss on this module's device (built on first use); None when loss.lpips is 0."""
+        if self.loss_weights.lpips == 0:
+            return None
+        if "lpips" not in self._loss_networks:
+            try:
+                self._loss_networks["lpips"] = LPIPSLoss(vgg_weights=self.lpips_weights,
+                                                         random_init=self.lpips_random_init)
+            except WeightsNotFoundError as err:
+                raise WeightsNotFoundError(f"LPIPS loss (loss.lpips > 0): {err} In a training config the "
+                                           "path is model.lpips_weights.") from None
+        return self._loss_networks["lpips"].to(self.device)
+
+    def _total_steps(self) -> int:
+        trainer = self.trainer
+        return max(1, int(trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches))
 
     def configure_optimizers(self) -> Any:
-        opt = self.optim
+        opt, total = self.optim, self._total_steps()
         optimizer = torch.optim.AdamW(
             parameter_groups(self.tokenizer, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas)
         )
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total, opt.min_lr_ratio))
-        return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(opt.warmup_steps, total, opt.min_lr_ratio)
+        )
+        if self.discriminator is None:
+            return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+        disc = opt.discriminator()
+        groups = parameter_groups(self.discriminator, disc["weight_decay"])
+        disc_optimizer = torch.optim.AdamW(groups, lr=disc["lr"], betas=tuple(disc["betas"]))
+        # The discriminator's schedule advances only when it steps: from gan_start_step to the end.
+        disc_total = max(1, total - self.loss_weights.gan_start_step)
+        disc_schedule = torch.optim.lr_scheduler.LambdaLR(
+            disc_optimizer, warmup_cosine(opt.disc_warmup_steps, disc_total, opt.min_lr_ratio)
+        )
+        return [optimizer, disc_optimizer], [{"scheduler": schedule, "interval": "step"},
+                                             {"scheduler": disc_schedule, "interval": "step"}]
 
     def step_generator(self) -> torch.Generator:
         """RNG of this training step on this rank: reproducible on resume."""
@@ -114,13 +230,63 @@ class TokenizerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, images: Tensor, out: TokenizerOutput) -> tuple[Tensor, dict[str, Tensor]]:
+        """The tokenizer's total loss and its unweighted terms (plus, in the GAN phase, "gan_g" and
+        "gan_weight"). images, out.recon: (B, 3, H, W) in [0, 1]."""
         w = self.loss_weights
-        terms = pixel_losses(out.recon.float(), images, w)
-        weights = {"l1": w.l1, "l2": w.l2, "commit": w.commit, "codebook": w.codebook,
+        recon = out.recon.float()
+        terms = pixel_losses(recon, images, w)
+        weights = {"l1": w.l1, "l2": w.l2, "lpips": w.lpips, "commit": w.commit, "codebook": w.codebook,
                    "entropy": self.entropy_weight(self.step_count)}
+        perceptual = self.perceptual_loss()
+        if perceptual is not None:
+            terms["lpips"] = perceptual(recon, images)
+        reconstruction = sum(weights[name] * value for name, value in terms.items())  # pixel + perceptual
         terms.update({name: value for name, value in out.quantizer.losses.items() if name in weights})
         total = sum(weights[name] * value for name, value in terms.items())
+        if self.discriminator is not None and w.gan_active(self.step_count):
+            with frozen(self.discriminator):  # the generator's loss must not train the discriminator
+                gan = generator_loss(self.discriminator(recon).float(), w.gan_loss)
+            weight = torch.tensor(w.gan, device=recon.device)
+            if w.adaptive_weight:
+                head = self.tokenizer.decoder.head.weight
+                weight = weight * adaptive_weight(reconstruction, gan, head, w.adaptive_weight_max)
+            total = total + weight * gan
+            terms.update(gan_g=gan, gan_weight=weight)
         return total, terms
+
+    def discriminator_update(self, images: Tensor, recon: Tensor) -> dict[str, Tensor]:
+        """One discriminator step on real `images` and detached `recon` ((B, 3, H, W) in [0, 1]); returns
+        its logged terms."""
+        w, optimizer, schedule = self.loss_weights, self.optimizers()[1], self.lr_schedulers()[1]
+        logits_real = self.discriminator(images).float()
+        logits_fake = self.discriminator(recon.detach()).float()
+        loss = discriminator_loss(logits_real, logits_fake, w.gan_loss)
+        terms = {"disc": loss.detach(), "logits_real": logits_real.detach().mean(),
+                 "logits_fake": logits_fake.detach().mean()}
+        if self.lecam is not None:
+            penalty = self.lecam(logits_real, logits_fake)
+            loss = loss + w.lecam * penalty
+            terms["lecam"] = penalty.detach()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = self.optim.discriminator()["grad_clip"]
+        if clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        # Through the strategy (precision plugin, gradient scaler) but not LightningOptimizer.step, which
+        # would count a second optimizer step per training step in trainer.global_step (so in max_steps).
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
+        schedule.step()
+        terms["lr_disc"] = torch.tensor(schedule.get_last_lr()[0])
+        return terms
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # A checkpoint written at an epoch's end (every_n_epochs) restores a finished epoch that Lightning
+        # restarts with one more batch from a fresh stream; skip it so resuming equals an uninterrupted run.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        total = self.trainer.num_training_batches
+        if total != float("inf") and progress.completed >= total:
+            return -1
+        return None
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, _ = batch_images(batch)
@@ -131,13 +297,17 @@ class TokenizerModule(pl.LightningModule):
         loss, terms = self.compute_loss(images, out)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training step {self.step_count}: the loss is {loss.item()} ({terms})")
-        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        optimizer = self.optimizers()[0] if self.discriminator is not None else self.optimizers()
+        schedule = self.lr_schedulers()[0] if self.discriminator is not None else self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.optim.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip,
+                                gradient_clip_algorithm="norm")
         optimizer.step()
         schedule.step()
+        if self.discriminator is not None and self.loss_weights.gan_active(self.step_count):
+            terms.update(self.discriminator_update(images, out.recon.float()))
         self.ema.update(self.tokenizer, self.step_count)
         self.step_count += 1
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from vartok.models.losses import check_gan_loss
 
 
 @dataclass
@@ -17,6 +20,15 @@ class LossWeights:
         quantizer does not produce is ignored.
     entropy_start, entropy_decay_steps: the entropy weight starts at `entropy_start` and decays linearly
         to `entropy` over the first steps (None = constant).
+    lpips: weight of the LPIPS-VGG perceptual loss (0 = off; frozen network, SPEC.md §5).
+    gan: weight of the generator's adversarial loss (0 = no discriminator at all).
+    gan_start_step: training step at which the discriminator starts (before it: no discriminator forward,
+        update or adversarial term).
+    gan_loss: "hinge" or "non_saturating" (closed forms in `vartok.models.losses`).
+    adaptive_weight: multiply `gan` by ‖∇ rec‖ / ‖∇ gan‖ at the decoder's last layer (VQGAN), clamped to
+        `adaptive_weight_max` (> 0).
+    lecam, lecam_decay: LeCam regularisation of the discriminator (0 = off) and its EMA decay in (0, 1).
+    The GAN settings other than `gan` are ignored when `gan` is 0.
     """
 
     l1: float = 0.0
@@ -26,9 +38,17 @@ class LossWeights:
     codebook: float = 1.0
     entropy_start: float | None = None
     entropy_decay_steps: int = 0
+    lpips: float = 0.0
+    gan: float = 0.0
+    gan_start_step: int = 0
+    gan_loss: str = "hinge"
+    adaptive_weight: bool = False
+    adaptive_weight_max: float = 1e4
+    lecam: float = 0.0
+    lecam_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        for name in ("l1", "l2", "commit", "entropy", "codebook"):
+        for name in ("l1", "l2", "commit", "entropy", "codebook", "lpips", "gan", "lecam"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
@@ -38,6 +58,20 @@ class LossWeights:
             raise ValueError(f"loss.entropy_start must be >= 0, got {self.entropy_start!r}")
         if self.entropy_decay_steps < 0:
             raise ValueError(f"loss.entropy_decay_steps must be >= 0, got {self.entropy_decay_steps!r}")
+        start = self.gan_start_step
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"loss.gan_start_step must be an integer >= 0, got {self.gan_start_step!r}")
+        check_gan_loss(self.gan_loss)
+        if not (math.isfinite(self.adaptive_weight_max) and self.adaptive_weight_max > 0):
+            raise ValueError(
+                f"loss.adaptive_weight_max must be a finite number > 0, got {self.adaptive_weight_max!r}"
+            )
+        if not 0 < self.lecam_decay < 1:
+            raise ValueError(f"loss.lecam_decay must be in (0, 1), got {self.lecam_decay!r}")
+
+    def gan_active(self, step: int) -> bool:
+        """Whether the discriminator takes part in training step `step`."""
+        return self.gan > 0 and step >= self.gan_start_step
 
 
 @dataclass
@@ -47,6 +81,9 @@ class Optimization:
     warmup_steps: linear warmup from 0; then cosine to lr * min_lr_ratio at the trainer's max_steps.
     grad_clip: max gradient norm (0 = off).
     ema_decay: decay of the tokenizer's EMA (used for validation and export).
+    disc_lr, disc_betas, disc_weight_decay, disc_grad_clip: the discriminator's AdamW settings (None = the
+        tokenizer's value). Its schedule starts at loss.gan_start_step: linear warmup over
+        `disc_warmup_steps`, then cosine to disc_lr * min_lr_ratio at the trainer's max_steps.
     """
 
     lr: float = 1e-4
@@ -56,6 +93,11 @@ class Optimization:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    disc_lr: float | None = None
+    disc_betas: tuple[float, float] | None = None
+    disc_weight_decay: float | None = None
+    disc_grad_clip: float | None = None
+    disc_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -67,6 +109,23 @@ class Optimization:
             )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.disc_lr is not None and not self.disc_lr > 0:
+            raise ValueError(f"optim.disc_lr must be > 0 (or null = optim.lr), got {self.disc_lr!r}")
+        for name in ("disc_weight_decay", "disc_grad_clip", "disc_warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"optim.{name} must be >= 0, got {value!r}")
+        for name in ("betas", "disc_betas"):
+            betas = getattr(self, name)
+            if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+                raise ValueError(f"optim.{name} must be two numbers in [0, 1), got {betas!r}")
+
+    def discriminator(self) -> dict[str, Any]:
+        """The discriminator's lr, betas, weight_decay and grad_clip (inheriting unset ones)."""
+        pairs = {"lr": (self.disc_lr, self.lr), "betas": (self.disc_betas, self.betas),
+                 "weight_decay": (self.disc_weight_decay, self.weight_decay),
+                 "grad_clip": (self.disc_grad_clip, self.grad_clip)}
+        return {name: default if own is None else own for name, (own, default) in pairs.items()}
 
 
 NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop_token", "patch_to_latent",

@@ -168,6 +168,20 @@ class Tokenizer(nn.Module):
         codes = self.quantizer.indices_to_codes(indices.long())
         return ((self._decode_codes(codes, length) + 1) / 2).clamp(0, 1)
 
+    def choose_length(
+        self,
+        images: Tensor,
+        target_psnr: float | None = None,
+        target_lpips: float | None = None,
+        lpips_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Per image the smallest k in [1, N] whose reconstruction meets the target PSNR (>=) or LPIPS (<=):
+        one encoder pass and a bisection over decoder passes. images (B, 3, H, W) in [0, 1] -> (B,) int64.
+        See `vartok.tokenizers.choose_length` (monotonicity assumption, N when never met)."""
+        from vartok.tokenizers.choose_length import choose_length
+
+        return choose_length(self, images, target_psnr, target_lpips, lpips_fn)
+
     # ------------------------------------------------------------------ training forward
     def forward(self, images: Tensor, step: int = 0, generator: torch.Generator | None = None) -> TokenizerOutput:
         """The differentiable training forward: encode, quantize (all N tokens), drop, decode."""

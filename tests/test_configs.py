@@ -1,0 +1,58 @@
+"""Every shipped YAML parses with LightningCLI(run=False) and builds its model and data module."""
+
+from pathlib import Path
+
+import pytest
+
+from vartok.cli.train import VartokCLI
+from vartok.data import ImageDataModule
+from vartok.tokenizers.module import TokenizerModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def fake_shards(tmp_path: Path) -> list[str]:
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "shard-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(4):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((40, 40, 3), i * 40, np.uint8)).save(buffer, format="PNG")
+            info = tarfile.TarInfo(f"img{i:04d}.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+    return [f"--data.train_shards={path}", f"--data.val_shards={path}"]
+
+
+def test_there_are_configs():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
+    assert {"demo.yaml", "imagenet/titok_s128.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = config.read_text()
+    args = ["--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")]
+    if "imagenet" in config.parts:
+        args += fake_shards(tmp_path)
+        args += ["--model.tokenizer", '{"depth": 1, "image_size": 32}', "--data.image_size", "32"]
+    cli = VartokCLI(TokenizerModule, ImageDataModule, run=False, args=args, save_config_kwargs={"overwrite": True})
+    assert isinstance(cli.model, TokenizerModule)
+    assert isinstance(cli.datamodule, ImageDataModule)
+    assert cli.trainer.max_steps > 0
+    assert "preset" in text
+
+
+def test_imagenet_recipe_requires_shards(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "configs" / "imagenet" / "titok_s128.yaml"
+    with pytest.raises(ValueError, match="data.train_shards is required"):
+        VartokCLI(TokenizerModule, ImageDataModule, run=False, args=["--config", str(config)])

@@ -1,0 +1,186 @@
+"""`vartok-eval`: evaluate a tokenizer (export folder or Lightning checkpoint) at several token counts.
+
+    vartok-eval --checkpoint CKPT_OR_EXPORT_DIR --data URLS|demo --lengths 1,2,4,... \\
+        --metrics psnr,ssim,lpips,rfid,pfid --out DIR [--inception-weights PATH] [--lpips-weights PATH]
+        [--batch-size N] [--device cpu] [--pfid-alpha 0.05,0.1,0.2 --pfid-delta 16 --pfid-seeds 2]
+        [--target-psnr X]
+
+Writes DIR/report.json, DIR/rd.png, DIR/grid.png and prints a table. Under torchrun each rank evaluates its
+share of the images and every image is counted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import torch
+
+DEFAULT_METRICS = "psnr,ssim,lpips,rfid"
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r} must be comma-separated integers, e.g. 1,2,4,8") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r} is empty; give comma-separated integers")
+    return values
+
+
+def _float_list(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0.05,0.1") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: each value must be a token-error rate in [0, 1]")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The vartok-eval argument parser."""
+    p = argparse.ArgumentParser(prog="vartok-eval", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="export folder (config.json + model.safetensors) or .ckpt")
+    p.add_argument("--data", required=True, help="validation shards (pattern, folder, list) or 'demo'")
+    p.add_argument("--lengths", type=lambda t: _int_list("--lengths", t), default=None,
+                   help="token counts k, e.g. 1,2,4,8 (default 1,2,4,...,N plus N)")
+    p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default {DEFAULT_METRICS}; "
+                   "also pfid)")
+    p.add_argument("--out", required=True, help="output folder for report.json, rd.png, grid.png")
+    p.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth "
+                   "(default: the torch hub cache)")
+    p.add_argument("--lpips-weights", default=None, help="vgg16-397923af.pth (default: the torch hub cache)")
+    p.add_argument("--allow-download", action="store_true", help="download missing weights into the hub cache")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--pfid-alpha", type=lambda t: _float_list("--pfid-alpha", t), default=[0.05, 0.1, 0.2],
+                   help="pFID token-error rates (default 0.05,0.1,0.2)")
+    p.add_argument("--pfid-delta", type=int, default=16, help="pFID neighbourhood size δ (default 16)")
+    p.add_argument("--pfid-seeds", type=int, default=2, help="pFID seeds, mean reported (default 2)")
+    p.add_argument("--target-psnr", type=float, default=None, help="also choose k per image for this PSNR")
+    p.add_argument("--fid-stats-cache", default=None, help="folder caching the originals' Inception statistics")
+    p.add_argument("--baseline-images", type=int, default=1000,
+                   help="measure JPEG/WebP/thumbnails on the first N images (default 1000; a codec sweep costs "
+                        "~0.2 s per 256-px image plus its SSIM, fast on a GPU)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the codec baselines")
+    p.add_argument("--grid-images", type=int, default=8, help="images in grid.png (default 8)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                             ("--pfid-delta", args.pfid_delta, 2), ("--pfid-seeds", args.pfid_seeds, 1),
+                             ("--grid-images", args.grid_images, 0)):
+        if value < low:
+            raise ValueError(f"{flag}={value} is not allowed; it must be an integer ≥ {low}.")
+    if args.baseline_images is not None and args.baseline_images < 1:
+        raise ValueError(f"--baseline-images={args.baseline_images} is not allowed; it must be ≥ 1.")
+
+
+def _distributed(device: str | None) -> tuple[int, int, torch.device]:
+    """Join the torchrun process group if there is one; the device of this rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    wants_cuda = device is None and torch.cuda.is_available() or (device or "").startswith("cuda")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if wants_cuda else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    if device is None:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if wants_cuda else "cpu"
+    return rank, world, torch.device(device)
+
+
+def _shards(data: str) -> str | list[str]:
+    if data == "demo":
+        from vartok.data import demo_shards
+
+        return demo_shards()["val"]
+    return data
+
+
+def _perturbations(tokenizer: Any, alphas: list[float], delta: int) -> tuple[dict, str | None]:
+    """pFID variants from SPEC §3's operator, or the reason it is unavailable."""
+    try:
+        from vartok.tokenizers.perturb import pfid_perturbation
+    except ImportError as err:
+        return {}, f"the latent perturbation operator is not available in this install ({err})"
+    return {f"alpha={a:g},delta={delta}": pfid_perturbation(tokenizer, a, delta) for a in alphas}, None
+
+
+@torch.no_grad()
+def target_length_report(tokenizer: Any, loader: Any, target_psnr: float, device: torch.device) -> dict:
+    """Per-image smallest k meeting `target_psnr` (the tokenizer's ``choose_length``): distribution, mean bytes."""
+    from vartok.metrics.rate import bytes_per_image
+
+    counts: dict[int, int] = {}
+    for batch in loader:
+        images = batch["image"][torch.as_tensor(batch.get("valid", [True] * len(batch["image"]))).bool()]
+        if images.shape[0] == 0:
+            continue
+        chosen = tokenizer.choose_length(images.to(device).float() / 255, target_psnr=target_psnr)
+        chosen = getattr(chosen, "lengths", chosen)
+        for k in torch.as_tensor(chosen).reshape(-1).tolist():
+            counts[int(k)] = counts.get(int(k), 0) + 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank's images
+        everyone: list[dict] = [{} for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(everyone, counts)
+        counts = {k: sum(c.get(k, 0) for c in everyone) for k in set().union(*everyone)}
+    total = sum(counts.values())
+    bits = float(tokenizer.bits_per_token)
+    mean_bytes = sum(n * bytes_per_image(k, bits) for k, n in counts.items()) / max(total, 1)
+    return {"target_psnr": target_psnr, "images": total, "mean_bytes": mean_bytes,
+            "chosen_lengths": {str(k): counts[k] for k in sorted(counts)}}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load the tokenizer and the data, evaluate, write the report (rank 0)."""
+    from vartok.data import val_loader
+    from vartok.metrics.evaluation import check_metrics, evaluate
+    from vartok.metrics.rate import default_lengths
+    from vartok.metrics.report import write_report
+    from vartok.tokenizers import load_tokenizer
+
+    _check_args(args)
+    metrics = check_metrics(args.metrics.split(","))
+    rank, world, device = _distributed(args.device)
+    tokenizer = load_tokenizer(args.checkpoint)
+    lengths = args.lengths or default_lengths(int(tokenizer.num_tokens))
+    loader = val_loader(_shards(args.data), int(tokenizer.image_size), args.batch_size, args.num_workers,
+                        rank=rank, world_size=world)
+    perturbations, pfid_reason = _perturbations(tokenizer, args.pfid_alpha, args.pfid_delta) if "pfid" in metrics \
+        else ({}, None)
+    report = evaluate(
+        tokenizer, loader, lengths, metrics - ({"pfid"} if pfid_reason else set()), device, args.out,
+        perturbations=perturbations, pfid_seeds=range(args.pfid_seeds), inception_weights=args.inception_weights,
+        lpips_weights=args.lpips_weights, allow_download=args.allow_download, data_id=str(args.data),
+        fid_stats_dir=args.fid_stats_cache, baselines=not args.no_baselines,
+        baseline_images=args.baseline_images, grid_images=args.grid_images, show=True,
+    )
+    if pfid_reason:
+        report["unavailable"]["pfid"] = pfid_reason
+    if args.target_psnr is not None:
+        report["target"] = target_length_report(tokenizer, loader, args.target_psnr, device)
+    if rank == 0 and (pfid_reason or args.target_psnr is not None):
+        write_report(report, os.path.join(args.out, "report.json"))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; user mistakes end with one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    from vartok.metrics.weights import WeightsFileError, WeightsNotFoundError
+
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, WeightsFileError, WeightsNotFoundError) as err:
+        print(f"vartok-eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

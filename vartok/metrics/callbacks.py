@@ -1,0 +1,265 @@
+"""Training-time evaluation: rFID / LPIPS / PSNR of the EMA tokenizer on a fixed validation subset.
+
+    callbacks:
+      - class_path: vartok.metrics.callbacks.EvaluationCallback
+        init_args: {every_n_steps: 10000, num_images: 1000, metrics: [psnr, lpips, rfid]}
+
+Every `every_n_steps` training steps (the module's `step_count`), every rank evaluates its share of a fixed
+subset of the validation data with :func:`vartok.metrics.evaluation.evaluate`; the statistics are torchmetrics
+states synced over ranks, so each image of the subset counts exactly once and every rank logs the same
+numbers (`eval/<metric>_<k>`, and `eval/<metric>` for the full length). The subset is the first images of
+each rank's validation split (the split is exact over ranks, see `vartok.data.val_loader`), read once and kept
+in memory. The originals' Inception statistics are cached in `<run dir>/fid_stats/` by a key of the subset's
+pixels, resolution, Inception weights file and feature layer.
+
+The frozen networks are built when fit starts: a missing Inception or VGG weights file is then one clear
+error naming the file, the folder searched and the flag — or, with ``missing_weights: unavailable``, the
+metric is left out and its reason logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from vartok.metrics.evaluation import check_metrics, evaluate
+from vartok.metrics.weights import WeightsNotFoundError
+
+MISSING_WEIGHTS = ("error", "unavailable")
+CALLBACK_METRICS = ("psnr", "ssim", "lpips", "rfid")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _quota(num_images: int, rank: int, world: int) -> int:
+    """Images of the subset that rank `rank` takes from its own validation split."""
+    return num_images // world + int(rank < num_images % world)
+
+
+class EvaluationCallback(pl.Callback):
+    """Periodic evaluation of the EMA tokenizer (SPEC.md §4 metrics) during training.
+
+    Args:
+        every_n_steps: period in training steps (> 0); also evaluated at the end of fit when
+            `at_fit_end`.
+        num_images: size of the fixed validation subset over all ranks (> 0; fewer if the data is smaller).
+        lengths: token counts to evaluate (None = the full length N only).
+        metrics: any of "psnr", "ssim", "lpips", "rfid".
+        inception_weights: the Inception-v3 FID weights file (None = the torch hub cache).
+        lpips_weights: the VGG16 (or full LPIPS) weights file for LPIPS (None = the torch hub cache).
+        fid_feature: Inception feature layer (2048 = the standard FID).
+        missing_weights: "error" (default: fit stops at its start) or "unavailable" (the metric is left out
+            and the reason logged). A file given explicitly that does not exist is always an error.
+        batch_size: images per evaluation batch.
+        cache_reference: cache the originals' Inception statistics under `<run dir>/fid_stats/`.
+        at_fit_end: also evaluate after the last training step.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 10000,
+        num_images: int = 1000,
+        lengths: list[int] | None = None,
+        metrics: list[str] | None = None,
+        inception_weights: str | None = None,
+        lpips_weights: str | None = None,
+        fid_feature: int = 2048,
+        missing_weights: str = "error",
+        batch_size: int = 32,
+        cache_reference: bool = True,
+        at_fit_end: bool = True,
+    ) -> None:
+        for name, value in (("every_n_steps", every_n_steps), ("num_images", num_images),
+                            ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EvaluationCallback.{name} must be an integer >= 1, got {value!r}")
+        if missing_weights not in MISSING_WEIGHTS:
+            raise ValueError(
+                f"EvaluationCallback.missing_weights must be one of {', '.join(MISSING_WEIGHTS)}, "
+                f"got {missing_weights!r}"
+            )
+        self.metrics = check_metrics(metrics if metrics is not None else ("psnr", "lpips", "rfid"))
+        if not self.metrics <= set(CALLBACK_METRICS):
+            raise ValueError(f"EvaluationCallback.metrics must be among {', '.join(CALLBACK_METRICS)}, got "
+                             f"{sorted(self.metrics)}")
+        self.every_n_steps, self.num_images, self.lengths = every_n_steps, num_images, lengths
+        self.inception_weights, self.lpips_weights = inception_weights, lpips_weights
+        self.fid_feature = fid_feature
+        self.missing_weights, self.batch_size = missing_weights, batch_size
+        self.cache_reference, self.at_fit_end = cache_reference, at_fit_end
+        self.networks: dict[str, nn.Module | None] = {"lpips": None, "inception": None}
+        self.unavailable: dict[str, str] = {}
+        self.last_report: dict | None = None
+        self.last_step: int | None = None
+        self._subset: list[dict[str, Any]] | None = None
+        self._data_id: str | None = None
+
+    # ------------------------------------------------------------------ networks (at the start of fit)
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.build_networks()
+
+    def build_networks(self) -> None:
+        """The frozen LPIPS and Inception networks the metrics need, or their reason under `unavailable`."""
+        if "lpips" in self.metrics and self.networks["lpips"] is None:
+            from vartok.metrics.lpips_net import LPIPS
+
+            build = partial(LPIPS, self.lpips_weights)
+            self.networks["lpips"] = self._build("lpips", self.lpips_weights, build)
+        if "rfid" in self.metrics and self.networks["inception"] is None:
+            from vartok.metrics.fid import build_inception
+
+            build = partial(build_inception, self.inception_weights, self.fid_feature)
+            self.networks["inception"] = self._build("rfid", self.inception_weights, build)
+
+    def _build(self, metric: str, explicit: str | None, build: Callable[[], nn.Module]) -> nn.Module | None:
+        try:
+            return build()
+        except WeightsNotFoundError as err:
+            if self.missing_weights == "error" or explicit is not None:
+                key = "lpips_weights" if metric == "lpips" else "inception_weights"
+                raise WeightsNotFoundError(
+                    f"EvaluationCallback ({metric}): {err} In a training config the path is the callback's "
+                    f"{key}; or set missing_weights: unavailable to train without {metric}."
+                ) from None
+            self.unavailable[metric] = str(err)
+            rank_zero_warn(f"EvaluationCallback: {metric} is unavailable: {err}")
+            return None
+
+    # ------------------------------------------------------------------ the fixed subset
+    def subset(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
+        """This rank's share of the fixed validation subset, as batches of valid uint8 images (read once)."""
+        if self._subset is None:
+            rank, world = trainer.global_rank, trainer.world_size
+            images, keys = self._collect(self._source(trainer), _quota(self.num_images, rank, world))
+            size = self.batch_size
+            self._subset = [
+                {"image": images[i : i + size], "key": keys[i : i + size],
+                 "valid": torch.ones(len(keys[i : i + size]), dtype=torch.bool)}
+                for i in range(0, len(keys), size)
+            ]
+            self._data_id = self._identify(images)
+        return self._subset
+
+    def _source(self, trainer: pl.Trainer) -> Any:
+        datamodule = getattr(trainer, "datamodule", None)
+        loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        if loader is None:
+            raise ValueError("EvaluationCallback needs validation data: give data.val_shards "
+                             "(or a val_dataloader)")
+        return loader
+
+    @staticmethod
+    def _collect(loader: Any, quota: int) -> tuple[Tensor, list[str]]:
+        images, keys, have = [], [], 0
+        if quota > 0:
+            for batch in loader:
+                batch_images = batch["image"] if isinstance(batch, dict) else batch
+                valid = batch.get("valid") if isinstance(batch, dict) else None
+                valid = torch.ones(batch_images.shape[0], dtype=torch.bool) if valid is None else valid.bool()
+                batch_keys = batch.get("key") if isinstance(batch, dict) else None
+                batch_keys = list(batch_keys) if batch_keys is not None else [""] * batch_images.shape[0]
+                take = valid.nonzero().flatten()[: quota - have].tolist()
+                images.append(batch_images[take].cpu())
+                keys += [batch_keys[i] for i in take]
+                have += len(take)
+                if have >= quota:
+                    break
+        stacked = torch.cat(images) if images else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+        if stacked.dtype != torch.uint8:
+            raise ValueError(f"EvaluationCallback expects uint8 validation images, got {stacked.dtype}")
+        return stacked, keys
+
+    @staticmethod
+    def _identify(images: Tensor) -> str:
+        """A key of the whole subset (every rank's pixels, in rank order) for the reference cache."""
+        local = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+        if not _distributed():
+            return f"eval-callback:{local}"
+        everyone: list[str | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, local)
+        return "eval-callback:" + ",".join(str(h) for h in everyone)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        """Evaluate the EMA tokenizer (or `pl_module.tokenizer`) on the subset; every rank, same order."""
+        self.build_networks()
+        ema = getattr(pl_module, "ema", None)
+        tokenizer = ema.module if ema is not None else pl_module.tokenizer
+        lengths = self.lengths or [int(tokenizer.num_tokens)]
+        wanted = [m for m in self.metrics if m not in self.unavailable]
+        subset = self.subset(trainer)
+        stats_dir = self._stats_dir(trainer, int(tokenizer.image_size))
+        report = evaluate(
+            tokenizer, subset, lengths, metrics=wanted, device=pl_module.device,
+            fid_network=self.networks["inception"], lpips_net=self.networks["lpips"],
+            fid_feature=self.fid_feature,
+            fid_stats_dir=stats_dir, data_id=self._data_id, baselines=False, grid_images=0, show=False,
+        )
+        report["unavailable"] = {**self.unavailable, **report.get("unavailable", {})}
+        self.last_report, self.last_step = report, _step(trainer, pl_module)
+        return report
+
+    def _stats_dir(self, trainer: pl.Trainer, image_size: int) -> Path | None:
+        """The reference-statistics cache folder, or None when some ranks would not see the same cache
+        file (e.g. a node-local run dir): then every rank computes its share, never mixing loaded and local
+        sums (evaluate's key: subset id, resolution, "all", weights file, feature layer)."""
+        weights = getattr(self.networks["inception"], "weights_path", None)
+        if not self.cache_reference or weights is None or self._data_id is None:
+            return None
+        from vartok.metrics.fid import reference_stats_path
+
+        folder = Path(trainer.default_root_dir) / "fid_stats"
+        path = reference_stats_path(folder, self._data_id, image_size, "all", weights, self.fid_feature)
+        exists = path.is_file()
+        if _distributed():
+            everyone: list[bool | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, exists)
+            if len(set(everyone)) > 1:
+                return None
+        return folder
+
+    @staticmethod
+    def figures(report: dict, num_tokens: int) -> dict[str, float]:
+        """`eval/<metric>_<k>` for every length, and `eval/<metric>` for the full length N."""
+        values = {"eval/num_images": float(report["num_images"])}
+        for k, entry in report["lengths"].items():
+            for name in CALLBACK_METRICS:
+                if isinstance(entry.get(name), float):
+                    values[f"eval/{name}_{k}"] = entry[name]
+                    if int(k) == num_tokens:
+                        values[f"eval/{name}"] = entry[name]
+        return values
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if _step(trainer, pl_module) % self.every_n_steps == 0:
+            report = self.evaluate(trainer, pl_module)
+            # Already synced over ranks (identical everywhere): no second reduction.
+            values = self.figures(report, int(report["tokenizer"]["num_tokens"]))
+            pl_module.log_dict(values, on_step=True, on_epoch=False, sync_dist=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = _step(trainer, pl_module)
+        if self.at_fit_end and step != self.last_step and step > 0:
+            report = self.evaluate(trainer, pl_module)  # self.log is closed here: straight to the loggers
+            values = self.figures(report, int(report["tokenizer"]["num_tokens"]))
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
+
+def _step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """Training steps done: the module's `step_count` (vartok) or the trainer's global step."""
+    return int(getattr(pl_module, "step_count", trainer.global_step))
