@@ -125,7 +125,6 @@ def test_training_forward_batch_granularity_truncates_to_one_k():
     handle.remove()
     assert lengths <= {1, 2, 4, 8, 16, 32} and len(lengths) > 1
     with torch.no_grad():
-        assert tok(images, step=0, generator=generator).length in lengths | {1, 2, 4, 8, 16, 32}
         assert tok.eval()(images).length == 32  # eval: always every token
 
 

@@ -36,7 +36,7 @@ def export_and_report(module: TokenizerModule, datamodule: ImageDataModule, run_
     loader = val_loader(datamodule._val_urls, datamodule.image_size, datamodule.val_batch_size, num_workers=0,
                         rank=0, world_size=1)
     return evaluate(tokenizer, loader, pow2_lengths(tokenizer.num_tokens), metrics=metrics, device="cpu",
-                    out_dir=run_dir / "report")
+                    out_dir=run_dir / "report", distributed=False)
 
 
 class VartokCLI(LightningCLI):

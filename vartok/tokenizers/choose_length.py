@@ -116,7 +116,7 @@ def choose_length(
         high = torch.full((batch,), num_tokens, dtype=torch.long)
         while bool((low < high).any()):
             open_ = (low < high).nonzero().squeeze(1)  # (A,) images still searching
-            mid = (low[open_] + high[open_] + 1) // 2  # (A,) each in [1, N-1]
+            mid = (low[open_] + high[open_]) // 2  # (A,) each in [1, N-1]
             recon = tokenizer.decode(indices[open_.to(indices.device)], length=mid.to(indices.device))
             ok = meets(recon, images[open_.to(images.device)]).cpu()  # (A,) bool
             high[open_] = torch.where(ok, mid, high[open_])

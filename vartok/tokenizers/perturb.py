@@ -1,0 +1,409 @@
+"""Latent perturbation P(α, δ) (SPEC.md §3): one operator for training (the decoder sees code errors) and pFID.
+
+For every symbol independently, with probability α, its index is replaced by one drawn uniformly from the δ
+codes nearest to the symbol's continuous latent, EXCLUDING its own code, so α is the exact symbol-error rate.
+A symbol is a token, or one group of a `gq` token (each group is one symbol to a generator).
+
+Nearest, per quantizer (the continuous latent is taken after the quantizer's input projection):
+- `vq`: the quantizer's own distance, cosine similarity of l2norm(project_in(z)) with the stored
+  (l2-normalised) codebook, exactly as vector-quantize-pytorch ranks codes.
+- `fsq`: squared Euclidean distance of the bounded latent b = tanh(z + shift)·half_l − offset (the library's
+  `bound` before rounding, in level units: adjacent levels are 1 apart) to the integer grid points.
+- `lfq` / `bsq` / `gq`: a neighbour is a bit-flip set S, cost Σ_{i∈S} 2|x_i| with x = project_in(z)
+  (lfq, gq) or its unit-sphere normalisation u (bsq); ‖x − c‖² grows by 2·(2|x_i|) per flipped bit, so this
+  is the Euclidean order. We implement the EXACT δ cheapest flip sets (multi-bit flips included), not only
+  single flips, so δ may exceed the number of bits.
+Both separable cases (fsq, binary) use one exact search: the δ+1 smallest sums of per-channel costs, merged
+channel by channel keeping the δ+1 best partial codes (any code among the δ+1 cheapest has a prefix among the
+δ+1 cheapest prefixes), O(channels·δ·levels) per symbol whatever the codebook size.
+
+Training (the Tokenizer hook): decoder codes are q' + (q − sg(q)) with q the clean straight-through codes: the
+value is exactly the perturbed code q' and the gradient is the clean codes' (so z + sg(q' − z) on the encoder
+path). The quantizer's losses were already taken on the clean codes and are not touched. Images are chosen by
+per-sample Bernoulli(β); α and δ follow a step schedule; the random draws come from a torch.Generator seeded
+with (seed, step, rank), so a resumed run draws the same perturbations.
+
+Differences from RobusTok's released `add_perturbation`: it draws among the δ nearest INCLUDING the own code
+(error rate α_r(δ−1)/δ for its nominal α_r; here α is the error rate, α = α_r(δ−1)/δ), perturbs the first
+floor(β·B) images of each per-GPU batch (none when β·B < 1; here each image by Bernoulli(β)), supports VQ
+only (here vq, fsq, lfq, bsq, gq) and has no schedule or seeding.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vartok.models.quantizers.base import Quantizer, QuantizerOutput
+from vartok.models.quantizers.fsq import FSQQuantizer
+from vartok.models.quantizers.gq import GQQuantizer
+from vartok.models.quantizers.vq import VQQuantizer
+
+VQ_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) similarity block in the vq search (64 MiB float32)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_probability(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A step schedule: `start` up to `start_step`, linear to `end` at `end_step`, then `end`.
+
+    Args:
+        start, end: the values (equal for a constant).
+        start_step, end_step: 0 <= start_step <= end_step; equal steps give a jump at that step.
+    """
+
+    start: float
+    end: float
+    start_step: int = 0
+    end_step: int = 0
+
+    def __call__(self, step: int) -> float:
+        if step >= self.end_step:
+            return float(self.end)
+        if step <= self.start_step:
+            return float(self.start)
+        frac = (step - self.start_step) / (self.end_step - self.start_step)
+        return float(self.start) + (float(self.end) - float(self.start)) * frac
+
+
+@dataclass
+class PerturbationConfig:
+    """Settings of the training perturbation (SPEC.md §3).
+
+    Args:
+        alpha: symbol-error rate α in [0, 1] (at and before `start_step` when `alpha_end` is set).
+        delta: neighbourhood size δ >= 2: a replacement is one of the δ nearest codes other than the own.
+        beta: probability in [0, 1] that an image of the batch is perturbed at all (per sample).
+        alpha_end, delta_end: values reached at `end_step` by a linear ramp from `start_step`; None = constant.
+            δ is rounded to the nearest integer along the ramp.
+        start_step, end_step: the ramp's steps, 0 <= start_step <= end_step (training steps).
+        seed: mixed with (step, rank) into the seed of each step's generator.
+    Upper bounds of δ (codebook size − 1 per symbol) are checked against the quantizer by LatentPerturbation.
+    """
+
+    alpha: float = 0.1
+    delta: int = 16
+    beta: float = 1.0
+    alpha_end: float | None = None
+    delta_end: int | None = None
+    start_step: int = 0
+    end_step: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "alpha_end", "beta"):
+            value = getattr(self, name)
+            if not (value is None and name == "alpha_end") and not _is_probability(value):
+                raise ValueError(f"perturbation.{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("delta", "delta_end"):
+            value = getattr(self, name)
+            if not (value is None and name == "delta_end") and (not _is_int(value) or value < 2):
+                raise ValueError(
+                    f"perturbation.{name} must be an int >= 2 (the number of codes a replacement is drawn "
+                    f"from, the own code excluded), got {value!r}"
+                )
+        for name in ("start_step", "end_step", "seed"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"perturbation.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.end_step < self.start_step:
+            raise ValueError(
+                f"perturbation.end_step={self.end_step} precedes perturbation.start_step={self.start_step}; "
+                f"the ramp runs from start_step to end_step, so set end_step >= start_step"
+            )
+
+    @property
+    def alpha_schedule(self) -> Ramp:
+        end = self.alpha if self.alpha_end is None else self.alpha_end
+        return Ramp(self.alpha, end, self.start_step, self.end_step)
+
+    @property
+    def delta_schedule(self) -> Ramp:
+        end = self.delta if self.delta_end is None else self.delta_end
+        return Ramp(self.delta, end, self.start_step, self.end_step)
+
+    def alpha_at(self, step: int) -> float:
+        """α at training step `step`."""
+        return self.alpha_schedule(step)
+
+    def delta_at(self, step: int) -> int:
+        """δ at training step `step`, rounded half up to an integer."""
+        return math.floor(self.delta_schedule(step) + 0.5)
+
+    @property
+    def max_delta(self) -> int:
+        return max(self.delta, self.delta if self.delta_end is None else self.delta_end)
+
+
+# ------------------------------------------------------------------------------------ nearest codes
+
+
+def symbol_codebook_size(quantizer: Quantizer) -> int:
+    """Number of codes one symbol can take: K (vq), prod(levels) (fsq), 2^(bits/groups) (lfq, bsq, gq)."""
+    if isinstance(quantizer, GQQuantizer):
+        return 2**quantizer.group_bits
+    if isinstance(quantizer, (VQQuantizer, FSQQuantizer)):
+        return int(quantizer.codebook_size)
+    raise ValueError(
+        f"latent perturbation supports the quantizers vq, fsq, lfq, bsq and gq, got {type(quantizer).__name__}"
+    )
+
+
+def check_delta(quantizer: Quantizer, delta: int, name: str = "delta") -> None:
+    """One clear error unless 2 <= delta <= (codes per symbol) − 1."""
+    size = symbol_codebook_size(quantizer)
+    if not _is_int(delta) or not 2 <= delta <= size - 1:
+        per = " per group" if isinstance(quantizer, GQQuantizer) and quantizer.groups > 1 else ""
+        raise ValueError(
+            f"perturbation.{name} must be an int in [2, {size - 1}]: the quantizer has {size} codes{per}, and a "
+            f"replacement is drawn from the δ nearest codes other than the own, got {delta!r}"
+        )
+
+
+def symbol_latents(quantizer: Quantizer, latents: Tensor) -> Tensor:
+    """The continuous latent of every symbol in the space where the quantizer compares it with codes.
+
+    Args:
+        quantizer: vq, fsq, or a binary quantizer (lfq, bsq, gq).
+        latents: (B, N, D) encoder outputs, before the quantizer.
+    Returns:
+        (B, N, G, C) float32: vq l2norm(project_in(z)) (G = 1, C = codebook_dim); fsq the bounded latent in level
+        units (G = 1, C = len(levels)); binary x = project_in(z) or its sphere normalisation (C = bits/groups).
+    """
+    z = latents.detach().float()
+    batch, length = z.shape[:2]
+    if isinstance(quantizer, VQQuantizer):
+        return F.normalize(quantizer.project_in(z), dim=-1)[:, :, None]  # (B, N, 1, d)
+    if isinstance(quantizer, FSQQuantizer):
+        fsq = quantizer.fsq
+        levels = fsq._levels.float()
+        half_l = (levels - 1) * (1 + 1e-3) / 2  # the library's bound(), eps = 1e-3, without the rounding
+        offset = torch.where(fsq._levels % 2 == 0, 0.5, 0.0)
+        bounded = torch.tanh(fsq.project_in(z) + torch.atanh(offset / half_l)) * half_l - offset
+        return bounded[:, :, None]  # (B, N, 1, C); the code of channel c is round(b_c)
+    x, _, _ = quantizer.binarize(quantizer.project_in(z))  # (B, N, K)
+    return x.reshape(batch, length, quantizer.groups, quantizer.group_bits)
+
+
+def smallest_sums(costs: Tensor, values: Tensor, count: int) -> Tensor:
+    """Indices of the `count` codes with the smallest total cost when the cost is a sum over channels.
+
+    Args:
+        costs: (M, C, L) cost of each level of each channel (inf marks a level a channel does not have).
+        values: (C, L) int64 contribution of each level to the code index (index = Σ_c values[c, level_c]).
+        count: how many codes; at most the number of codes with finite cost.
+    Returns:
+        (M, count) int64 indices, cheapest first.
+    """
+    rows = costs.shape[0]
+    total = costs.new_zeros(rows, 1)  # (M, m): cost of the best partial codes so far
+    index = torch.zeros(rows, 1, dtype=torch.int64, device=costs.device)
+    for c in range(costs.shape[1]):
+        cand_cost = (total[:, :, None] + costs[:, None, c, :]).reshape(rows, -1)  # (M, m·L)
+        cand_index = (index[:, :, None] + values[None, None, c, :]).reshape(rows, -1)
+        total, order = cand_cost.topk(min(count, cand_cost.shape[1]), dim=1, largest=False, sorted=True)
+        index = cand_index.gather(1, order)
+    return index
+
+
+def nearest_codes(quantizer: Quantizer, x: Tensor, count: int) -> Tensor:
+    """The `count` codes nearest to each symbol latent (SPEC.md §3), nearest first.
+
+    Args:
+        quantizer: the quantizer the latents belong to.
+        x: (M, C) symbol latents from `symbol_latents`.
+        count: number of codes, <= the codes per symbol.
+    Returns:
+        (M, count) int64 symbol indices.
+    """
+    if isinstance(quantizer, VQQuantizer):
+        codebook = quantizer.vq.codebook.detach().float()  # (K, d), l2-normalised by the library
+        step = max(1, VQ_CHUNK_ELEMENTS // codebook.shape[0])
+        return torch.cat([(chunk @ codebook.T).topk(count, dim=1).indices for chunk in x.split(step)])
+    if isinstance(quantizer, FSQQuantizer):
+        levels = quantizer.fsq._levels.to(x.device).long()  # (C,)
+        level = torch.arange(int(levels.max()), device=x.device)  # (L,) level index l: grid point l − L//2
+        grid = (level[None] - levels[:, None] // 2).float()  # (C, L)
+        costs = (x[:, :, None] - grid[None]) ** 2  # (M, C, L)
+        costs = costs.masked_fill(level[None, None] >= levels[None, :, None], math.inf)
+        values = level[None] * quantizer.fsq._basis.to(x.device).long()[:, None]  # first channel least significant
+        return smallest_sums(costs, values, count)
+    k = x.shape[1]  # binary: channel i has levels {bit 0, bit 1}; the own bit costs 0, the other 2|x_i|
+    own_bit = (x > 0).long()  # (M, k)
+    flip = 2 * x.abs()
+    costs = torch.stack([flip * own_bit, flip * (1 - own_bit)], dim=-1)  # (M, k, 2)
+    weights = 2 ** torch.arange(k - 1, -1, -1, device=x.device)  # MSB first
+    values = torch.stack([torch.zeros_like(weights), weights], dim=-1)  # (k, 2)
+    return smallest_sums(costs, values, count)
+
+
+def neighbours_excluding_own(candidates: Tensor, own: Tensor) -> Tensor:
+    """Drop the own code from the δ+1 nearest (or the farthest, if the own code is not among them).
+
+    Args:
+        candidates: (M, δ+1) nearest codes, nearest first; own: (M,) own codes.
+    Returns:
+        (M, δ) the δ nearest codes other than the own, nearest first.
+    """
+    is_own = (candidates == own[:, None]).to(torch.int8)
+    order = torch.sort(is_own, dim=1, stable=True).indices  # own code (if present) moves to the end
+    return candidates.gather(1, order)[:, :-1]
+
+
+# --------------------------------------------------------------------------------------- operator
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """CPU generator of one training step on one rank: the same (seed, step, rank) gives the same draws."""
+    return torch.Generator().manual_seed(zlib.crc32(f"perturb/{seed}/{step}/{rank}".encode()))
+
+
+@torch.no_grad()
+def perturb_indices(
+    quantizer: Quantizer,
+    latents: Tensor,
+    indices: Tensor,
+    alpha: float,
+    delta: int,
+    generator: torch.Generator,
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """P(α, δ) on a batch: replace symbols by one of their δ nearest other codes.
+
+    Args:
+        quantizer: the quantizer that produced `indices` (vq, fsq, lfq, bsq, gq).
+        latents: (B, N, D) encoder outputs (before the quantizer).
+        indices: int64 (B, N) or (B, N, G), the own codes.
+        alpha: probability that a symbol of a chosen image is replaced.
+        delta: neighbourhood size, 2 <= δ <= codes per symbol − 1.
+        generator: CPU generator; draws (in this order) B uniforms for β, B·N·G uniforms for α and B·N·G
+            integers in [0, δ), whatever α and β, so the stream does not depend on the outcome.
+        beta: probability that an image is chosen.
+    Returns:
+        new_indices: same shape and dtype as `indices`.
+        replaced: bool (B, N, G) on the CPU, True where the symbol was replaced (its index differs).
+    """
+    batch, length = indices.shape[:2]
+    own = indices.reshape(batch, length, -1)  # (B, N, G)
+    chosen = torch.rand(batch, generator=generator) < beta  # (B,)
+    hit = torch.rand(own.shape, generator=generator) < alpha  # (B, N, G)
+    choice = torch.randint(0, delta, own.shape, generator=generator)  # (B, N, G)
+    replaced = hit & chosen[:, None, None]
+    if not bool(replaced.any()):
+        return indices.clone(), replaced
+    where = replaced.nonzero(as_tuple=True)  # CPU index tensors
+    device_where = tuple(w.to(indices.device) for w in where)
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        x = symbol_latents(quantizer, latents)[device_where]  # (M, C)
+        old = own[device_where]  # (M,)
+        others = neighbours_excluding_own(nearest_codes(quantizer, x, delta + 1), old)  # (M, δ)
+        new = others.gather(1, choice[where].to(others.device)[:, None])[:, 0]
+    out = own.clone()
+    out[device_where] = new.to(out.dtype)
+    return out.reshape(indices.shape), replaced
+
+
+def perturbed_codes(quantizer: Quantizer, codes: Tensor, indices: Tensor, replaced: Tensor) -> Tensor:
+    """Decoder codes with the straight-through form: q' + (q − sg(q)) where a token has a replaced symbol.
+
+    Args:
+        codes: (B, N, D) clean straight-through codes q from the quantizer.
+        indices: (B, N[, G]) perturbed indices; replaced: bool (B, N, G).
+    Returns:
+        (B, N, D): exactly the perturbed code's value at replaced tokens and `codes` elsewhere; the gradient
+        w.r.t. `codes` is the identity everywhere (so the encoder is trained as with clean codes).
+    """
+    with torch.autocast(device_type=codes.device.type, enabled=False):
+        new = quantizer.indices_to_codes(indices).detach().to(codes.dtype)  # (B, N, D)
+    token = replaced.any(-1).to(codes.device)[..., None]  # (B, N, 1)
+    return torch.where(token, new + (codes - codes.detach()), codes)
+
+
+class LatentPerturbation:
+    """The Tokenizer's training hook: `(codes, latents, quantizer_output, step) -> decoder codes`.
+
+    Not an nn.Module on purpose: assigned to `tokenizer.perturbation`, it must not add the quantizer's
+    parameters a second time to the tokenizer's state dict.
+
+    Args:
+        config: PerturbationConfig (α, δ, β, schedules, seed).
+        quantizer: the tokenizer's quantizer (its δ bounds are checked here).
+        rank: this process's rank, mixed into the seed (settable attribute; set it in `setup`).
+    Attributes:
+        last_error_rate: float, fraction of the batch's symbols replaced at the last call (0 before any).
+        last_alpha, last_delta: the scheduled α and δ of the last call.
+    """
+
+    def __init__(self, config: PerturbationConfig, quantizer: Quantizer, rank: int = 0) -> None:
+        if not isinstance(config, PerturbationConfig):
+            raise TypeError(f"config must be a PerturbationConfig, got {type(config).__name__}")
+        check_delta(quantizer, config.delta, "delta")
+        if config.delta_end is not None:
+            check_delta(quantizer, config.delta_end, "delta_end")
+        self.config, self.quantizer, self.rank = config, quantizer, rank
+        self.last_error_rate, self.last_alpha, self.last_delta = 0.0, 0.0, config.delta
+
+    def __call__(self, codes: Tensor, latents: Tensor, quantizer_output: QuantizerOutput, step: int) -> Tensor:
+        """codes, latents (B, N, D); quantizer_output.indices (B, N[, G]) -> decoder codes (B, N, D)."""
+        alpha, delta = self.config.alpha_at(step), self.config.delta_at(step)
+        self.last_alpha, self.last_delta = alpha, delta
+        generator = step_generator(self.config.seed, step, int(self.rank))
+        indices, replaced = perturb_indices(
+            self.quantizer, latents, quantizer_output.indices, alpha, delta, generator, self.config.beta
+        )
+        self.last_error_rate = float(replaced.float().mean()) if replaced.numel() else 0.0
+        if not bool(replaced.any()):
+            return codes
+        return perturbed_codes(self.quantizer, codes, indices, replaced)
+
+    def __repr__(self) -> str:
+        return f"LatentPerturbation({self.config}, rank={self.rank})"
+
+
+def pfid_perturbation(tokenizer: Any, alpha: float, delta: int) -> Callable[..., Tensor]:
+    """The pFID variant P(α, δ) with β = 1 for `vartok.metrics.evaluate(perturbations=...)` (SPEC.md §4).
+
+    Args:
+        tokenizer: a vartok Tokenizer (its `quantizer` is read at call time, so moving it later is fine).
+        alpha: symbol-error rate in [0, 1]; α = 0 returns the indices unchanged (pFID = rFID exactly).
+        delta: neighbourhood size in [2, codes per symbol − 1].
+    Returns:
+        fn(indices, seed, encoding) -> perturbed indices (same shape): the evaluation loop passes the
+        encoder's output as `encoding` (its `latents` (B, N, D)); the draws depend only on `seed`.
+    """
+    if not _is_probability(alpha):
+        raise ValueError(f"pfid alpha must be a probability in [0, 1], got {alpha!r}")
+    quantizer = getattr(tokenizer, "quantizer", None)
+    if not isinstance(quantizer, Quantizer):
+        raise TypeError(f"pfid_perturbation needs a vartok Tokenizer (with a quantizer), got {type(tokenizer).__name__}")
+    check_delta(quantizer, delta, "delta")
+
+    def perturb(indices: Tensor, seed: int, encoding: Any = None) -> Tensor:
+        latents = getattr(encoding, "latents", None)
+        if latents is None:
+            raise ValueError(
+                "the pFID perturbation needs the encoder output: call it with encoding=tokenizer.encode(images) "
+                "(vartok.metrics.evaluate does)"
+            )
+        generator = torch.Generator().manual_seed(int(seed))
+        return perturb_indices(tokenizer.quantizer, latents, indices, float(alpha), delta, generator)[0]
+
+    return perturb
+
