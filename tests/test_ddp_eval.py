@@ -119,8 +119,25 @@ def test_bad_callback_arguments() -> None:
         EvaluationCallback(every_n_steps=0)
     with pytest.raises(ValueError, match="missing_weights must be one of error, unavailable, got 'skip'"):
         EvaluationCallback(missing_weights="skip")
-    with pytest.raises(ValueError, match=r"metrics must be among psnr, ssim, lpips, rfid, got \['pfid'\]"):
-        EvaluationCallback(metrics=["pfid"])
+    with pytest.raises(ValueError, match=r"metrics \['fvd'\] are not known; choose from psnr, ssim, lpips, rfid, pfid"):
+        EvaluationCallback(metrics=["fvd"])
+    with pytest.raises(ValueError, match="pFID needs >= 2 pfid_seeds"):
+        EvaluationCallback(metrics=["pfid"], pfid_seeds=[0])
+
+
+def test_callback_pfid_at_alpha_zero_equals_rfid(tmp_path) -> None:
+    from vartok.metrics.testing import make_random_inception_weights, photo_crops
+
+    weights = make_random_inception_weights(tmp_path / "inc.pth", photo_crops(8, 48, seed=1))
+    callback = EvaluationCallback(every_n_steps=2, num_images=6, metrics=["rfid", "pfid"], batch_size=3,
+                                  inception_weights=str(weights), fid_feature=64, cache_reference=False,
+                                  pfid_alpha=[0.0, 0.5], pfid_delta=3)
+    module = _fit(callback, tmp_path)
+    entry = callback.last_report["lengths"][str(module.tokenizer.num_tokens)]
+    assert entry["pfid"]["0"]["mean"] == entry["rfid"]
+    assert entry["pfid"]["0.5"]["mean"] != entry["rfid"]
+    figures = EvaluationCallback.figures(callback.last_report, module.tokenizer.num_tokens)
+    assert figures["eval/pfid_0"] == figures["eval/rfid"]
 
 
 # ---------------------------------------------------------------- slow: 2 processes (torchrun)

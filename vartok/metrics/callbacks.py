@@ -34,7 +34,7 @@ from vartok.metrics.evaluation import check_metrics, evaluate
 from vartok.metrics.weights import WeightsNotFoundError
 
 MISSING_WEIGHTS = ("error", "unavailable")
-CALLBACK_METRICS = ("psnr", "ssim", "lpips", "rfid")
+CALLBACK_METRICS = ("psnr", "ssim", "lpips", "rfid", "pfid")
 
 
 def _distributed() -> bool:
@@ -54,7 +54,9 @@ class EvaluationCallback(pl.Callback):
             `at_fit_end`.
         num_images: size of the fixed validation subset over all ranks (> 0; fewer if the data is smaller).
         lengths: token counts to evaluate (None = the full length N only).
-        metrics: any of "psnr", "ssim", "lpips", "rfid".
+        metrics: any of "psnr", "ssim", "lpips", "rfid", "pfid".
+        pfid_alpha, pfid_delta, pfid_seeds: the pFID protocol (SPEC.md §4): one FID per token-error rate α
+            with the δ nearest codes, mean over the seeds; logged as `eval/pfid_<α>` beside `eval/rfid`.
         inception_weights: the Inception-v3 FID weights file (None = the torch hub cache).
         lpips_weights: the VGG16 (or full LPIPS) weights file for LPIPS (None = the torch hub cache).
         fid_feature: Inception feature layer (2048 = the standard FID).
@@ -78,6 +80,9 @@ class EvaluationCallback(pl.Callback):
         batch_size: int = 32,
         cache_reference: bool = True,
         at_fit_end: bool = True,
+        pfid_alpha: list[float] | None = None,
+        pfid_delta: int = 16,
+        pfid_seeds: list[int] | None = None,
     ) -> None:
         for name, value in (("every_n_steps", every_n_steps), ("num_images", num_images),
                             ("batch_size", batch_size)):
@@ -97,6 +102,11 @@ class EvaluationCallback(pl.Callback):
         self.fid_feature = fid_feature
         self.missing_weights, self.batch_size = missing_weights, batch_size
         self.cache_reference, self.at_fit_end = cache_reference, at_fit_end
+        self.pfid_alpha = list(pfid_alpha if pfid_alpha is not None else (0.05, 0.1, 0.2))
+        self.pfid_delta, self.pfid_seeds = pfid_delta, list(pfid_seeds if pfid_seeds is not None else (0, 1))
+        if "pfid" in self.metrics and (len(self.pfid_seeds) < 2 or not self.pfid_alpha):
+            raise ValueError(f"EvaluationCallback pFID needs >= 2 pfid_seeds and >= 1 pfid_alpha, got "
+                             f"{self.pfid_seeds} and {self.pfid_alpha}")
         self.networks: dict[str, nn.Module | None] = {"lpips": None, "inception": None}
         self.unavailable: dict[str, str] = {}
         self.last_report: dict | None = None
@@ -116,24 +126,27 @@ class EvaluationCallback(pl.Callback):
 
             build = partial(LPIPS, self.lpips_weights)
             self.networks["lpips"] = self._build("lpips", self.lpips_weights, build)
-        if "rfid" in self.metrics and self.networks["inception"] is None:
+        fid_metrics = sorted(self.metrics & {"rfid", "pfid"})
+        if fid_metrics and self.networks["inception"] is None and not set(fid_metrics) <= set(self.unavailable):
             from vartok.metrics.fid import build_inception
 
             build = partial(build_inception, self.inception_weights, self.fid_feature)
-            self.networks["inception"] = self._build("rfid", self.inception_weights, build)
+            self.networks["inception"] = self._build(fid_metrics, self.inception_weights, build)
 
-    def _build(self, metric: str, explicit: str | None, build: Callable[[], nn.Module]) -> nn.Module | None:
+    def _build(self, metrics: str | list[str], explicit: str | None, build: Callable[[], nn.Module]) -> nn.Module | None:
+        metrics = [metrics] if isinstance(metrics, str) else metrics
         try:
             return build()
         except WeightsNotFoundError as err:
+            names = "/".join(metrics)
             if self.missing_weights == "error" or explicit is not None:
-                key = "lpips_weights" if metric == "lpips" else "inception_weights"
+                key = "lpips_weights" if metrics == ["lpips"] else "inception_weights"
                 raise WeightsNotFoundError(
-                    f"EvaluationCallback ({metric}): {err} In a training config the path is the callback's "
-                    f"{key}; or set missing_weights: unavailable to train without {metric}."
+                    f"EvaluationCallback ({names}): {err} In a training config the path is the callback's "
+                    f"{key}; or set missing_weights: unavailable to train without {names}."
                 ) from None
-            self.unavailable[metric] = str(err)
-            rank_zero_warn(f"EvaluationCallback: {metric} is unavailable: {err}")
+            self.unavailable.update({metric: str(err) for metric in metrics})
+            rank_zero_warn(f"EvaluationCallback: {names} unavailable: {err}")
             return None
 
     # ------------------------------------------------------------------ the fixed subset
@@ -202,8 +215,14 @@ class EvaluationCallback(pl.Callback):
         wanted = [m for m in self.metrics if m not in self.unavailable]
         subset = self.subset(trainer)
         stats_dir = self._stats_dir(trainer, int(tokenizer.image_size))
+        perturbations = None
+        if "pfid" in wanted:
+            from vartok.tokenizers.perturb import pfid_perturbation
+
+            perturbations = {f"{a:g}": pfid_perturbation(tokenizer, a, self.pfid_delta) for a in self.pfid_alpha}
         report = evaluate(
             tokenizer, subset, lengths, metrics=wanted, device=pl_module.device,
+            perturbations=perturbations, pfid_seeds=self.pfid_seeds,
             fid_network=self.networks["inception"], lpips_net=self.networks["lpips"],
             fid_feature=self.fid_feature,
             fid_stats_dir=stats_dir, data_id=self._data_id, baselines=False, grid_images=0, show=False,
@@ -236,6 +255,10 @@ class EvaluationCallback(pl.Callback):
         """`eval/<metric>_<k>` for every length, and `eval/<metric>` for the full length N."""
         values = {"eval/num_images": float(report["num_images"])}
         for k, entry in report["lengths"].items():
+            for name, pfid in entry.get("pfid", {}).items():
+                values[f"eval/pfid_{name}_{k}"] = pfid["mean"]
+                if int(k) == num_tokens:
+                    values[f"eval/pfid_{name}"] = pfid["mean"]
             for name in CALLBACK_METRICS:
                 if isinstance(entry.get(name), float):
                     values[f"eval/{name}_{k}"] = entry[name]

@@ -31,6 +31,53 @@ def _blocks(width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool)
     )
 
 
+def pyramid_mixing(num_tokens: int, grid: int) -> tuple[Tensor, Tensor]:
+    """Coarse-to-fine (Haar pyramid) initial weights of the linear shortcut.
+
+    Token 0 reads the mean of all patches; the next 4 tokens the 2x2 block means minus their parent's mean,
+    the next 16 the 4x4 ones, ... (raster order within a level), while 2^level <= grid. The decoder adds
+    each token back to the patches of its block, so along the linear path the first 1, 5, 21, ... tokens
+    rebuild the 1x1, 2x2, 4x4, ... block means (a Laplacian pyramid). Tokens past the finest level start
+    random. Everything stays trainable; this only sets where training starts.
+    Returns (patch_to_latent (N, P), latent_to_patch (P, N)).
+    """
+    num_patches = grid * grid
+    enc = torch.randn(num_tokens, num_patches) / num_patches**0.5
+    dec = torch.randn(num_patches, num_tokens) / num_tokens**0.5
+    rows, cols = (t.flatten() for t in torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"))
+
+    def blocks(level: int) -> Tensor:  # (P,) block id of each patch at this level
+        side = grid // 2**level
+        return (rows // side) * 2**level + cols // side
+
+    def mean_weights(ids: Tensor, cell: int) -> Tensor:  # (P,) weights of the mean over one block
+        inside = (ids == cell).float()
+        return inside / inside.sum()
+
+    token, level = 0, 0
+    while token < num_tokens and 2**level <= grid:
+        ids = blocks(level)
+        for cell in range(min(4**level, num_tokens - token)):
+            enc[token] = mean_weights(ids, cell)
+            if level:
+                parent_ids = blocks(level - 1)
+                parent = int(parent_ids[(ids == cell).nonzero()[0, 0]])
+                enc[token] -= mean_weights(parent_ids, parent)
+            dec[:, token] = (ids == cell).float()
+            token += 1
+        level += 1
+    return enc, dec
+
+
+def shortcut_weights(init: str, num_tokens: int, grid: int) -> tuple[Tensor, Tensor]:
+    """Initial (patch_to_latent (N, P), latent_to_patch (P, N)): "pyramid" or "random" (std 1/sqrt(fan-in))."""
+    if init == "pyramid":
+        return pyramid_mixing(num_tokens, grid)
+    if init == "random":
+        return torch.randn(num_tokens, grid**2) / grid, torch.randn(grid**2, num_tokens) / num_tokens**0.5
+    raise ValueError(f"shortcut_init must be 'random' or 'pyramid', got {init!r}")
+
+
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
@@ -69,6 +116,7 @@ class Encoder(nn.Module):
         qk_norm: bool = False,
         embed_std: float = 1.0,
         linear_shortcut: bool = True,
+        shortcut_init: Literal["random", "pyramid"] = "pyramid",
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
@@ -82,7 +130,8 @@ class Encoder(nn.Module):
         # Each latent starts as its own linear mix of the patch embeddings: a PCA-like path that carries
         # information through the 1D bottleneck from step 0, which attention then refines.
         self.patch_to_latent = (
-            nn.Parameter(torch.randn(num_tokens, num_patches) / num_patches**0.5) if linear_shortcut else None
+            nn.Parameter(shortcut_weights(shortcut_init, num_tokens, image_size // patch_size)[0])
+            if linear_shortcut else None
         )
         self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
         self.norm = nn.LayerNorm(width)
@@ -141,6 +190,7 @@ class Decoder(nn.Module):
         qk_norm: bool = False,
         embed_std: float = 1.0,
         linear_shortcut: bool = True,
+        shortcut_init: Literal["random", "pyramid"] = "pyramid",
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
@@ -153,7 +203,7 @@ class Decoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(self.grid**2, width) * embed_std)
         # Each patch query starts as a linear mix of the real tokens (the mirror of the encoder's shortcut).
         self.latent_to_patch = (
-            nn.Parameter(torch.randn(self.grid**2, num_tokens) / num_tokens**0.5) if linear_shortcut else None
+            nn.Parameter(shortcut_weights(shortcut_init, num_tokens, self.grid)[1]) if linear_shortcut else None
         )
         self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
         self.norm = nn.LayerNorm(width)

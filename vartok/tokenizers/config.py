@@ -43,7 +43,7 @@ class TokenizerConfig:
     latent_attention: "full" or "prefix_causal" (SPEC.md §2).
     decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
         trained with tail drop or no policy, "mask_token" for nested dropout.
-    embed_std, linear_shortcut, qk_norm, mlp_ratio: see `vartok.models.vit`.
+    embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio: see `vartok.models.vit`.
     """
 
     image_size: int = 256
@@ -64,6 +64,7 @@ class TokenizerConfig:
     qk_norm: bool = False
     embed_std: float = 1.0
     linear_shortcut: bool = True
+    shortcut_init: Literal["random", "pyramid"] = "pyramid"
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZER_DEFAULTS:

@@ -46,6 +46,7 @@ from vartok.tokenizers.objectives import (
     pixel_losses,
     warmup_cosine,
 )
+from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
 from vartok.tokenizers.tokenizer import Tokenizer, TokenizerOutput
 
 
@@ -106,6 +107,7 @@ class TokenizerModule(pl.LightningModule):
             state dict); None = the torch hub cache. Resolved at the start of fit.
         lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only: the
             perceptual loss is then meaningless).
+        perturbation: latent perturbation of the decoder's codes (SPEC.md §3, docs/perturbation.md); None = off.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class TokenizerModule(pl.LightningModule):
         discriminator: dict[str, Any] | None = None,
         lpips_weights: str | None = None,
         lpips_random_init: bool = False,
+        perturbation: PerturbationConfig | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -132,6 +135,10 @@ class TokenizerModule(pl.LightningModule):
         self.loss_weights = loss or LossWeights()
         self.optim = optim or Optimization()
         self.ema = EMA(self.tokenizer, self.optim.ema_decay)
+        # After the EMA copy, so that neither the EMA nor the export carries the hook.
+        self.perturbation_config = perturbation
+        if perturbation is not None:
+            self.tokenizer.perturbation = LatentPerturbation(perturbation, self.tokenizer.quantizer)
         self.entropy_weight = WeightSchedule(
             self.loss_weights.entropy, self.loss_weights.entropy_start, self.loss_weights.entropy_decay_steps
         )
@@ -155,10 +162,13 @@ class TokenizerModule(pl.LightningModule):
             "loss": asdict(self.loss_weights), "optim": asdict(self.optim), "seed": seed,
             "val_lengths": lengths, "discriminator": discriminator, "lpips_weights": lpips_weights,
             "lpips_random_init": lpips_random_init,
+            "perturbation": asdict(perturbation) if perturbation is not None else None,
         })
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        if self.tokenizer.perturbation is not None:
+            self.tokenizer.perturbation.rank = self.global_rank
         configure = getattr(self.tokenizer.quantizer, "configure_world_size", None)
         if configure is not None and self.trainer is not None:
             configure(self.trainer.world_size)
@@ -315,6 +325,11 @@ class TokenizerModule(pl.LightningModule):
         logs["train/loss"] = loss.detach()
         logs["train/tokens"] = float(out.length if out.keep_len is None else out.keep_len.float().mean())
         logs["train/lr"] = schedule.get_last_lr()[0]
+        hook = self.tokenizer.perturbation
+        if hook is not None:
+            logs["train/perturb_error_rate"] = hook.last_error_rate
+            logs["train/perturb_alpha"] = hook.last_alpha
+            logs["train/perturb_delta"] = float(hook.last_delta)
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss

@@ -6,12 +6,13 @@ A symbol is a token, or one group of a `gq` token (each group is one symbol to a
 
 Nearest, per quantizer (the continuous latent is taken after the quantizer's input projection):
 - `vq`: the quantizer's own distance, cosine similarity of l2norm(project_in(z)) with the stored
-  (l2-normalised) codebook, exactly as vector-quantize-pytorch ranks codes.
+  (l2-normalised) codebook, exactly as vector-quantize-pytorch ranks codes (in training, the codebook as
+  this step's EMA update left it; the own code is excluded by index either way).
 - `fsq`: squared Euclidean distance of the bounded latent b = tanh(z + shift)·half_l − offset (the library's
   `bound` before rounding, in level units: adjacent levels are 1 apart) to the integer grid points.
 - `lfq` / `bsq` / `gq`: a neighbour is a bit-flip set S, cost Σ_{i∈S} 2|x_i| with x = project_in(z)
-  (lfq, gq) or its unit-sphere normalisation u (bsq); ‖x − c‖² grows by 2·(2|x_i|) per flipped bit, so this
-  is the Euclidean order. We implement the EXACT δ cheapest flip sets (multi-bit flips included), not only
+  (lfq, gq) or its unit-sphere normalisation u (bsq); each flipped bit adds 4|x_i| (bsq: 4|u_i|/√K) to
+  ‖x − c‖², so this is the Euclidean order. We implement the EXACT δ cheapest flip sets (multi-bit flips included), not only
   single flips, so δ may exceed the number of bits.
 Both separable cases (fsq, binary) use one exact search: the δ+1 smallest sums of per-channel costs, merged
 channel by channel keeping the δ+1 best partial codes (any code among the δ+1 cheapest has a prefix among the
@@ -147,10 +148,6 @@ class PerturbationConfig:
         """δ at training step `step`, rounded half up to an integer."""
         return math.floor(self.delta_schedule(step) + 0.5)
 
-    @property
-    def max_delta(self) -> int:
-        return max(self.delta, self.delta if self.delta_end is None else self.delta_end)
-
 
 # ------------------------------------------------------------------------------------ nearest codes
 
@@ -167,12 +164,12 @@ def symbol_codebook_size(quantizer: Quantizer) -> int:
 
 
 def check_delta(quantizer: Quantizer, delta: int, name: str = "delta") -> None:
-    """One clear error unless 2 <= delta <= (codes per symbol) − 1."""
+    """One clear error naming the argument `name` unless 2 <= delta <= (codes per symbol) − 1."""
     size = symbol_codebook_size(quantizer)
     if not _is_int(delta) or not 2 <= delta <= size - 1:
         per = " per group" if isinstance(quantizer, GQQuantizer) and quantizer.groups > 1 else ""
         raise ValueError(
-            f"perturbation.{name} must be an int in [2, {size - 1}]: the quantizer has {size} codes{per}, and a "
+            f"{name} must be an int in [2, {size - 1}]: the quantizer has {size} codes{per}, and a "
             f"replacement is drawn from the δ nearest codes other than the own, got {delta!r}"
         )
 
@@ -300,6 +297,7 @@ def perturb_indices(
         new_indices: same shape and dtype as `indices`.
         replaced: bool (B, N, G) on the CPU, True where the symbol was replaced (its index differs).
     """
+    check_delta(quantizer, delta)
     batch, length = indices.shape[:2]
     own = indices.reshape(batch, length, -1)  # (B, N, G)
     chosen = torch.rand(batch, generator=generator) < beta  # (B,)
@@ -354,9 +352,9 @@ class LatentPerturbation:
     def __init__(self, config: PerturbationConfig, quantizer: Quantizer, rank: int = 0) -> None:
         if not isinstance(config, PerturbationConfig):
             raise TypeError(f"config must be a PerturbationConfig, got {type(config).__name__}")
-        check_delta(quantizer, config.delta, "delta")
+        check_delta(quantizer, config.delta, "perturbation.delta")
         if config.delta_end is not None:
-            check_delta(quantizer, config.delta_end, "delta_end")
+            check_delta(quantizer, config.delta_end, "perturbation.delta_end")
         self.config, self.quantizer, self.rank = config, quantizer, rank
         self.last_error_rate, self.last_alpha, self.last_delta = 0.0, 0.0, config.delta
 
@@ -389,11 +387,11 @@ def pfid_perturbation(tokenizer: Any, alpha: float, delta: int) -> Callable[...,
         encoder's output as `encoding` (its `latents` (B, N, D)); the draws depend only on `seed`.
     """
     if not _is_probability(alpha):
-        raise ValueError(f"pfid alpha must be a probability in [0, 1], got {alpha!r}")
+        raise ValueError(f"pfid alpha (vartok-eval --pfid-alpha) must be a probability in [0, 1], got {alpha!r}")
     quantizer = getattr(tokenizer, "quantizer", None)
     if not isinstance(quantizer, Quantizer):
         raise TypeError(f"pfid_perturbation needs a vartok Tokenizer (with a quantizer), got {type(tokenizer).__name__}")
-    check_delta(quantizer, delta, "delta")
+    check_delta(quantizer, delta, "pfid delta (vartok-eval --pfid-delta)")
 
     def perturb(indices: Tensor, seed: int, encoding: Any = None) -> Tensor:
         latents = getattr(encoding, "latents", None)

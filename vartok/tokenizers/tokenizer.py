@@ -96,7 +96,7 @@ class Tokenizer(nn.Module):
         dim = c.latent_dim
         shared = dict(image_size=c.image_size, patch_size=c.patch_size, num_tokens=c.num_tokens, token_dim=dim,
                       mlp_ratio=c.mlp_ratio, qk_norm=c.qk_norm, embed_std=c.embed_std,
-                      linear_shortcut=c.linear_shortcut)
+                      linear_shortcut=c.linear_shortcut, shortcut_init=c.shortcut_init)
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
                           heads=c.decoder_heads or c.heads, **shared)
