@@ -71,7 +71,7 @@ def adaptive_weight(
     Args:
         reconstruction_loss: scalar, the weighted pixel (+ perceptual) loss.
         gan_loss: scalar, the generator's adversarial loss.
-        last_layer: the weight tensor of the decoder's last layer (e.g. `decoder.head.weight`).
+        last_layer: the weight tensor of the decoder's last layer (e.g. `decoder.last_layer`).
         max_weight: upper clamp (> 0).
         eps: keeps the ratio finite when the GAN gradient vanishes.
     """

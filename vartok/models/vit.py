@@ -172,6 +172,7 @@ class Decoder(nn.Module):
         image_size, patch_size, width, depth, heads, mlp_ratio, embed_std: as the Encoder.
         num_tokens: N, the most tokens it reads.
         token_dim: D, width of the (quantized) tokens.
+        conv_channels: 0 = linear pixel head; > 0 = linear head to that many channels + two 3x3 convolutions.
     `forward(codes, keep_len)`: codes (B, k, D). keep_len None = all k tokens are real; a (B,) tensor
     gives per-sample lengths, and positions >= keep_len[b] are either excluded from attention
     (fill="pad", a key-padding mask) or replaced by one learned drop token (fill="mask_token").
@@ -191,9 +192,12 @@ class Decoder(nn.Module):
         embed_std: float = 1.0,
         linear_shortcut: bool = True,
         shortcut_init: Literal["random", "pyramid"] = "pyramid",
+        conv_channels: int = 0,
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
+        if conv_channels < 0:
+            raise ValueError(f"conv_channels must be >= 0, got {conv_channels}")
         self.patch_size, self.num_tokens = patch_size, num_tokens
         self.grid = image_size // patch_size
         self.token_embed = nn.Linear(token_dim, width)
@@ -207,7 +211,14 @@ class Decoder(nn.Module):
         )
         self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 3 * patch_size**2)
+        # Pixel head: linear per patch, or (conv_channels > 0) linear to `conv_channels` feature maps followed by
+        # two 3x3 convolutions across patch borders, which removes the blocking of per-patch outputs.
+        self.head = nn.Linear(width, (conv_channels or 3) * patch_size**2)
+        self.conv_out = (
+            nn.Sequential(nn.Conv2d(conv_channels, conv_channels, 3, padding=1), nn.GELU(),
+                          nn.Conv2d(conv_channels, 3, 3, padding=1))
+            if conv_channels else None
+        )
         self.apply(_init_linear)
 
     def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:
@@ -232,4 +243,10 @@ class Decoder(nn.Module):
             x = block(x, attn_mask=attn_mask)
         pixels = self.head(self.norm(x[:, k:]))  # (B, P, 3*p*p)
         p = self.patch_size
-        return rearrange(pixels, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
+        image = rearrange(pixels, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
+        return image if self.conv_out is None else self.conv_out(image)
+
+    @property
+    def last_layer(self) -> Tensor:
+        """Weight of the layer that writes the pixels (for the adaptive GAN weight)."""
+        return self.head.weight if self.conv_out is None else self.conv_out[-1].weight

@@ -43,7 +43,8 @@ class TokenizerConfig:
     latent_attention: "full" or "prefix_causal" (SPEC.md §2).
     decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
         trained with tail drop or no policy, "mask_token" for nested dropout.
-    embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio: see `vartok.models.vit`.
+    embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio, conv_channels (decoder pixel head):
+        see `vartok.models.vit`.
     """
 
     image_size: int = 256
@@ -65,6 +66,7 @@ class TokenizerConfig:
     embed_std: float = 1.0
     linear_shortcut: bool = True
     shortcut_init: Literal["random", "pyramid"] = "pyramid"
+    conv_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZER_DEFAULTS:
@@ -107,10 +109,10 @@ class TokenizerConfig:
 _TITOK_SHAPES = {"s": (512, 8, 8), "b": (768, 12, 12), "l": (1024, 24, 16)}  # width, depth per side, heads
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU demo: 32 px, 4x4 patches of 8 px, 32 tokens of ~16 bits; trains in minutes on 2 cores.
+    # CPU demo: 32 px, 4x4 patches of 8 px, 32 tokens of ~10 bits (FSQ 1000 codes); trains in minutes on 2 cores.
     "demo": dict(
         image_size=32, patch_size=8, width=128, depth=3, heads=4, num_tokens=32,
-        quantizer="fsq", quantizer_args={"levels": [8, 8, 8, 5, 5, 5]}, latent_attention="prefix_causal",
+        quantizer="fsq", quantizer_args={"levels": [8, 5, 5, 5]}, latent_attention="prefix_causal",
     ),
     # The smallest shape that still runs every code path: for tests.
     "demo_tiny": dict(

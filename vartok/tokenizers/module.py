@@ -258,7 +258,7 @@ class TokenizerModule(pl.LightningModule):
                 gan = generator_loss(self.discriminator(recon).float(), w.gan_loss)
             weight = torch.tensor(w.gan, device=recon.device)
             if w.adaptive_weight:
-                head = self.tokenizer.decoder.head.weight
+                head = self.tokenizer.decoder.last_layer
                 weight = weight * adaptive_weight(reconstruction, gan, head, w.adaptive_weight_max)
             total = total + weight * gan
             terms.update(gan_g=gan, gan_weight=weight)

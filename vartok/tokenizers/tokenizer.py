@@ -99,7 +99,7 @@ class Tokenizer(nn.Module):
                       linear_shortcut=c.linear_shortcut, shortcut_init=c.shortcut_init)
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
-                          heads=c.decoder_heads or c.heads, **shared)
+                          heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels, **shared)
         quantizer = build_quantizer(c.quantizer, dim, **c.quantizer_args)
         return cls(encoder, quantizer, decoder, length_policy, config)
 
