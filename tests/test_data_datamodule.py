@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import pytorch_lightning as pl
 import torch
-from fixtures.data_shards import write_shards
+from tests.fixtures.data_shards import write_shards
 from pytorch_lightning.cli import LightningCLI
 
 from vartok.data import DataError, ImageDataModule

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixtures.data_shards import write_shards
+from tests.fixtures.data_shards import write_shards
 
 FIT_SCRIPT = Path(__file__).parent / "fixtures" / "ddp_fit.py"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures.data_fuzz import encode, photo
+from tests.fixtures.data_fuzz import encode, photo
 from PIL import Image
 
 from vartok.data import DataError, decode_image, to_rgb

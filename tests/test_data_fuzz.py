@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixtures.data_fuzz import encode, expected_counts, fuzz_files, photo, plant_folder
-from fixtures.data_shards import write_shards
+from tests.fixtures.data_fuzz import encode, expected_counts, fuzz_files, photo, plant_folder
+from tests.fixtures.data_shards import write_shards
 from PIL import Image
 
 from vartok.data import DataError, ImageDataModule, make_shards, train_loader, val_loader
