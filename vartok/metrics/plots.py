@@ -45,6 +45,11 @@ def plot_rate_distortion(report: dict, path: str | os.PathLike) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"quality vs bytes — {report['num_images']} images, {report['image_size']} px")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    """Lay out, write the PNG (creating its folder) and close the figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,9 +94,4 @@ def plot_grid(grid: dict[str, list[Tensor]], report: dict, path: str | os.PathLi
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
