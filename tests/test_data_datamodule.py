@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 import pytorch_lightning as pl
 import torch
-from tests.fixtures.data_shards import write_shards
 from pytorch_lightning.cli import LightningCLI
 
+from tests.fixtures.data_shards import write_shards
 from vartok.data import DataError, ImageDataModule
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from tests.fixtures.data_shards import write_shards
 
 FIT_SCRIPT = Path(__file__).parent / "fixtures" / "ddp_fit.py"

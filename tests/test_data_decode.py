@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.fixtures.data_fuzz import encode, photo
 from PIL import Image
 
+from tests.fixtures.data_fuzz import encode, photo
 from vartok.data import DataError, decode_image, to_rgb
 from vartok.data.skips import MIN_SAMPLES_FOR_CHECK, SkipCounter
 from vartok.data.transforms import resize_crop

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.fixtures.data_fuzz import encode, expected_counts, fuzz_files, photo, plant_folder
-from tests.fixtures.data_shards import write_shards
 from PIL import Image
 
+from tests.fixtures.data_fuzz import encode, expected_counts, fuzz_files, photo, plant_folder
+from tests.fixtures.data_shards import write_shards
 from vartok.data import DataError, ImageDataModule, make_shards, train_loader, val_loader
 from vartok.data.decode import IMAGE_EXTENSIONS
 from vartok.data.tar_writer import ShardWriter

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.fixtures.data_fuzz import encode, expected_counts, photo, plant_folder
 
+from tests.fixtures.data_fuzz import encode, expected_counts, photo, plant_folder
 from vartok.cli.data import main as data_main
 from vartok.data import DataError, make_shards
 from vartok.data import shard_writer as shard_writer_module

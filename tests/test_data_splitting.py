@@ -9,8 +9,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from tests.fixtures.data_shards import write_shards
 
+from tests.fixtures.data_shards import write_shards
 from vartok.data import train_loader, val_loader
 from vartok.data.splitting import make_units, plan_validation
 

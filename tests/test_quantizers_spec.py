@@ -6,11 +6,11 @@ import torch
 from vartok.models.quantizers import QUANTIZERS, build_quantizer
 
 CASES = {
-    "vq": dict(codebook_size=32, codebook_dim=4),
-    "fsq": dict(levels=[5, 4, 3]),
-    "lfq": dict(bits=6),
-    "bsq": dict(bits=6),
-    "gq": dict(bits=8, groups=2),
+    "vq": {"codebook_size": 32, "codebook_dim": 4},
+    "fsq": {"levels": [5, 4, 3]},
+    "lfq": {"bits": 6},
+    "bsq": {"bits": 6},
+    "gq": {"bits": 8, "groups": 2},
 }
 
 
@@ -96,10 +96,10 @@ def test_usage_and_perplexity_match_counting():
 @pytest.mark.parametrize(
     ("name", "kwargs", "field"),
     [
-        ("fsq", dict(levels=[2, 5]), "levels"),
-        ("fsq", dict(levels=[]), "levels"),
-        ("vq", dict(codebook_size=1), "codebook_size"),
-        ("vq", dict(decay=1.5), "decay"),
+        ("fsq", {"levels": [2, 5]}, "levels"),
+        ("fsq", {"levels": []}, "levels"),
+        ("vq", {"codebook_size": 1}, "codebook_size"),
+        ("vq", {"decay": 1.5}, "decay"),
         ("nope", {}, "unknown quantizer"),
     ],
 )

@@ -97,10 +97,10 @@ def test_checkpoint_loads_with_weights_only_and_exports(shards, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (lambda: dict(loss=LossWeights(l2=-1.0)), "loss.l2 must be a finite number >= 0"),
-        (lambda: dict(optim=Optimization(lr=0.0)), "optim.lr must be > 0"),
-        (lambda: dict(val_lengths=[0, 4]), "val_lengths must be in"),
-        (lambda: dict(preset="nope"), "unknown preset"),
+        (lambda: {"loss": LossWeights(l2=-1.0)}, "loss.l2 must be a finite number >= 0"),
+        (lambda: {"optim": Optimization(lr=0.0)}, "optim.lr must be > 0"),
+        (lambda: {"val_lengths": [0, 4]}, "val_lengths must be in"),
+        (lambda: {"preset": "nope"}, "unknown preset"),
     ],
 )
 def test_bad_training_config_fails_before_the_first_step(kwargs, message):

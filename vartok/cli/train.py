@@ -40,12 +40,12 @@ def export_and_report(module: TokenizerModule, datamodule: ImageDataModule, run_
 
 
 class VartokCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+    def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--report_metrics", type=list[str], default=["psnr", "ssim"],
                             help="metrics of the end-of-fit report (psnr, ssim, lpips, rfid)")
         parser.add_argument("--skip_report", type=bool, default=False, help="do not export/evaluate after fit")
 
-    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201 - LightningCLI hook
+    def instantiate_trainer(self, **kwargs):
         """Default loggers: TensorBoard + CSV under `<run dir>/logs` (a config's own loggers win)."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:

@@ -110,22 +110,22 @@ _TITOK_SHAPES = {"s": (512, 8, 8), "b": (768, 12, 12), "l": (1024, 24, 16)}  # w
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo: 32 px, 4x4 patches of 8 px, 32 tokens of ~10 bits (FSQ 1000 codes); trains in minutes on 2 cores.
-    "demo": dict(
-        image_size=32, patch_size=8, width=128, depth=3, heads=4, num_tokens=32,
-        quantizer="fsq", quantizer_args={"levels": [8, 5, 5, 5]}, latent_attention="prefix_causal",
-    ),
+    "demo": {
+        "image_size": 32, "patch_size": 8, "width": 128, "depth": 3, "heads": 4, "num_tokens": 32,
+        "quantizer": "fsq", "quantizer_args": {"levels": [8, 5, 5, 5]}, "latent_attention": "prefix_causal",
+    },
     # The smallest shape that still runs every code path: for tests.
-    "demo_tiny": dict(
-        image_size=16, patch_size=8, width=32, depth=1, heads=2, num_tokens=4,
-        quantizer="fsq", quantizer_args={"levels": [5, 5, 5]},
-    ),
+    "demo_tiny": {
+        "image_size": 16, "patch_size": 8, "width": 32, "depth": 1, "heads": 2, "num_tokens": 4,
+        "quantizer": "fsq", "quantizer_args": {"levels": [5, 5, 5]},
+    },
 }
 for _size, (_width, _depth, _heads) in _TITOK_SHAPES.items():
     for _tokens in (32, 64, 128, 256):
-        PRESETS[f"titok_{_size}_{_tokens}"] = dict(
-            image_size=256, patch_size=16, width=_width, depth=_depth, heads=_heads, num_tokens=_tokens,
-            quantizer="vq", quantizer_args={"codebook_size": 4096, "codebook_dim": 12},
-        )
+        PRESETS[f"titok_{_size}_{_tokens}"] = {
+            "image_size": 256, "patch_size": 16, "width": _width, "depth": _depth, "heads": _heads, "num_tokens": _tokens,
+            "quantizer": "vq", "quantizer_args": {"codebook_size": 4096, "codebook_dim": 12},
+        }
 
 
 def preset_config(name: str, quantizer: str | None = None, **overrides: Any) -> TokenizerConfig:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -94,9 +95,9 @@ class Tokenizer(nn.Module):
     def from_config(cls, config: TokenizerConfig, length_policy: LengthPolicy | None = None) -> Tokenizer:
         c = config
         dim = c.latent_dim
-        shared = dict(image_size=c.image_size, patch_size=c.patch_size, num_tokens=c.num_tokens, token_dim=dim,
-                      mlp_ratio=c.mlp_ratio, qk_norm=c.qk_norm, embed_std=c.embed_std,
-                      linear_shortcut=c.linear_shortcut, shortcut_init=c.shortcut_init)
+        shared = {"image_size": c.image_size, "patch_size": c.patch_size, "num_tokens": c.num_tokens, "token_dim": dim,
+                      "mlp_ratio": c.mlp_ratio, "qk_norm": c.qk_norm, "embed_std": c.embed_std,
+                      "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init}
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
                           heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels, **shared)
@@ -115,7 +116,7 @@ class Tokenizer(nn.Module):
 
     @property
     def image_size(self) -> int:
-        return self.encoder.patch_size * int(math.isqrt(self.encoder.pos_embed.shape[0]))
+        return self.encoder.patch_size * math.isqrt(self.encoder.pos_embed.shape[0])
 
     @property
     def codebook_size(self) -> int:

@@ -50,18 +50,18 @@ class VQQuantizer(Quantizer):
         # Projections are ours: the library's commit loss breaks with a mask when it projects itself.
         self.project_in = nn.Linear(dim, codebook_dim) if dim != codebook_dim else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, dim) if dim != codebook_dim else nn.Identity()
-        self._vq_kwargs = dict(
-            dim=codebook_dim,
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            use_cosine_sim=True,
-            decay=decay,
-            threshold_ema_dead_code=dead_code_threshold,
-            commitment_weight=1.0,
-            ema_update=ema,
-            learnable_codebook=not ema,
-            rotation_trick=False,
-        )
+        self._vq_kwargs = {
+            "dim": codebook_dim,
+            "codebook_size": codebook_size,
+            "codebook_dim": codebook_dim,
+            "use_cosine_sim": True,
+            "decay": decay,
+            "threshold_ema_dead_code": dead_code_threshold,
+            "commitment_weight": 1.0,
+            "ema_update": ema,
+            "learnable_codebook": not ema,
+            "rotation_trick": False,
+        }
         self.ema = ema
         self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=bool(sync_codebook))
 
