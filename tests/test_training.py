@@ -92,6 +92,16 @@ def test_checkpoint_loads_with_weights_only_and_exports(shards, tmp_path):
     images = torch.rand(2, 3, 16, 16)
     assert torch.equal(tok.encode(images).indices, ema.encode(images).indices)
     assert not any(k.startswith("disc") for k in tok.state_dict())
+    # vartok-export writes the same EMA tokenizer; a missing checkpoint is one clear error (exit 2).
+    from vartok import Tokenizer
+    from vartok.cli.export import main as export_main
+
+    export_main(["--checkpoint", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(tmp_path / "export")])
+    exported = Tokenizer.from_pretrained(tmp_path / "export")
+    assert torch.equal(exported.encode(images).indices, ema.encode(images).indices)
+    with pytest.raises(SystemExit) as info:
+        export_main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+    assert info.value.code == 2
 
 
 @pytest.mark.parametrize(
