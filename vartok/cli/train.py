@@ -14,12 +14,8 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningCLI
 
 from vartok.data import ImageDataModule
+from vartok.tokenizers.length import pow2_lengths
 from vartok.tokenizers.module import TokenizerModule
-
-
-def pow2_lengths(num_tokens: int) -> list[int]:
-    """1, 2, 4, ..., N (N included even when it is not a power of two)."""
-    return sorted({min(2**i, num_tokens) for i in range(num_tokens.bit_length() + 1)})
 
 
 def export_and_report(module: TokenizerModule, datamodule: ImageDataModule, run_dir: Path, metrics: list[str]) -> dict:

@@ -32,7 +32,6 @@ def bits_per_pixel(nbytes: float, height: int, width: int) -> float:
 
 def default_lengths(num_tokens: int) -> list[int]:
     """1, 2, 4, ... up to N, plus N itself if it is not a power of two."""
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be ≥ 1, got {num_tokens!r}.")
-    lengths = [1 << i for i in range(num_tokens.bit_length()) if (1 << i) <= num_tokens]
-    return lengths if lengths[-1] == num_tokens else lengths + [num_tokens]
+    from vartok.tokenizers.length import pow2_lengths
+
+    return pow2_lengths(num_tokens)

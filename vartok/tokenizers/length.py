@@ -20,6 +20,13 @@ from torch import Tensor
 Distribution = Literal["uniform", "pow2", "uniform_pow2", "list"]
 
 
+def pow2_lengths(num_tokens: int) -> list[int]:
+    """1, 2, 4, ... below N, then N itself (also when N is not a power of two)."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens!r}")
+    return sorted({min(2**i, num_tokens) for i in range(num_tokens.bit_length() + 1)})
+
+
 class LengthSample(NamedTuple):
     """Args:
     length: decoder sequence length (tokens kept in the tensor): k for batch tail drop, else N or max k.
@@ -101,7 +108,7 @@ class LengthPolicy:
             values = torch.arange(1, n + 1)
             probs = torch.full((n,), 1.0 / n)
         elif self.distribution == "pow2":
-            values = torch.tensor(sorted({min(2**i, n) for i in range(math.ceil(math.log2(n)) + 1)}))
+            values = torch.tensor(pow2_lengths(n))
             probs = torch.full((len(values),), 1.0 / len(values))
         elif self.distribution == "uniform_pow2":
             rounded = [min(2 ** math.ceil(math.log2(k)), n) for k in range(1, n + 1)]

@@ -38,7 +38,7 @@ from vartok.models.quantizers.schedule import WeightSchedule
 from vartok.models.weights import WeightsNotFoundError
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.ema import EMA
-from vartok.tokenizers.length import LengthPolicy
+from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.objectives import (
     LossWeights,
     Optimization,
@@ -144,7 +144,7 @@ class TokenizerModule(pl.LightningModule):
         )
         self.seed = seed
         n = config.num_tokens
-        lengths = val_lengths or sorted({min(2**i, n) for i in range(n.bit_length() + 1)})
+        lengths = val_lengths or pow2_lengths(n)
         if any(not 1 <= k <= n for k in lengths):
             raise ValueError(f"val_lengths must be in [1, {n}], got {lengths}")
         self.val_lengths = lengths
