@@ -14,6 +14,8 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from vartok.models.linear_path import LinearDecoderPath, LinearEncoderPath
+
 
 def check_geometry(image_size: int, patch_size: int, num_tokens: int, width: int, heads: int) -> None:
     """One clear error per bad field, before any tensor is built."""
@@ -78,6 +80,11 @@ def shortcut_weights(init: str, num_tokens: int, grid: int) -> tuple[Tensor, Ten
     raise ValueError(f"shortcut_init must be 'random' or 'pyramid', got {init!r}")
 
 
+def _init_fan_in(layer: nn.Linear) -> None:
+    """std 1/sqrt(fan-in): unit-variance outputs for unit-variance inputs."""
+    nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+
+
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
@@ -100,6 +107,8 @@ class Encoder(nn.Module):
             so the first k latents never depend on later ones).
         embed_std: init std of position embeddings and latent tokens (1.0 keeps tokens distinguishable
             at init; 0.02 makes all latents read the same average and collapse early — CALIBRATION.md).
+        global_linear: add a dense linear map of the whole image to the latents (`vartok.models.linear_path`;
+            small images only), zero until `Tokenizer.init_linear_path` sets it to PCA.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class Encoder(nn.Module):
         embed_std: float = 1.0,
         linear_shortcut: bool = True,
         shortcut_init: Literal["random", "pyramid"] = "pyramid",
+        global_linear: bool = False,
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
@@ -136,7 +146,12 @@ class Encoder(nn.Module):
         self.blocks = _blocks(width, depth, heads, mlp_ratio, qk_norm)
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, token_dim)
+        self.linear_path = LinearEncoderPath(image_size, num_tokens, token_dim) if global_linear else None
         self.apply(_init_linear)
+        # Unit-variance interfaces: image content enters the residual stream at the scale of the (std 1)
+        # position embeddings, and the latents leave it spread over the quantizer's range (+1 dB on the demo).
+        _init_fan_in(self.patch_embed)
+        _init_fan_in(self.proj)
         if latent_attention == "prefix_causal":
             self.register_buffer("attn_mask", self._prefix_causal_mask(num_patches, num_tokens), persistent=False)
         else:
@@ -162,7 +177,8 @@ class Encoder(nn.Module):
         x = torch.cat([x, latents], dim=1)  # (B, P+N, W)
         for block in self.blocks:
             x = block(x, attn_mask=self.attn_mask)
-        return self.proj(self.norm(x[:, -self.num_tokens :]))  # (B, N, D)
+        latents = self.proj(self.norm(x[:, -self.num_tokens :]))  # (B, N, D)
+        return latents if self.linear_path is None else latents + self.linear_path(images).to(latents.dtype)
 
 
 class Decoder(nn.Module):
@@ -173,6 +189,7 @@ class Decoder(nn.Module):
         num_tokens: N, the most tokens it reads.
         token_dim: D, width of the (quantized) tokens.
         conv_channels: 0 = linear pixel head; > 0 = linear head to that many channels + two 3x3 convolutions.
+        global_linear: add a dense linear map of the tokens to the pixels (the encoder's mirror).
     `forward(codes, keep_len)`: codes (B, k, D). keep_len None = all k tokens are real; a (B,) tensor
     gives per-sample lengths, and positions >= keep_len[b] are either excluded from attention
     (fill="pad", a key-padding mask) or replaced by one learned drop token (fill="mask_token").
@@ -193,6 +210,7 @@ class Decoder(nn.Module):
         linear_shortcut: bool = True,
         shortcut_init: Literal["random", "pyramid"] = "pyramid",
         conv_channels: int = 0,
+        global_linear: bool = False,
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
@@ -219,7 +237,9 @@ class Decoder(nn.Module):
                           nn.Conv2d(conv_channels, 3, 3, padding=1))
             if conv_channels else None
         )
+        self.linear_path = LinearDecoderPath(image_size, num_tokens, token_dim) if global_linear else None
         self.apply(_init_linear)
+        _init_fan_in(self.token_embed)  # token content at the scale of the token position embeddings
 
     def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:
         """codes (B, k, D) -> images (B, 3, H, W) in [-1, 1] (unclamped)."""
@@ -244,7 +264,8 @@ class Decoder(nn.Module):
         pixels = self.head(self.norm(x[:, k:]))  # (B, P, 3*p*p)
         p = self.patch_size
         image = rearrange(pixels, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
-        return image if self.conv_out is None else self.conv_out(image)
+        image = image if self.conv_out is None else self.conv_out(image)
+        return image if self.linear_path is None else image + self.linear_path(codes, real).to(image.dtype)
 
     @property
     def last_layer(self) -> Tensor:

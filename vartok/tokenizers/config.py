@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vartok.models.linear_path import check_size
+
 #: Default keyword arguments of each quantizer when a preset does not say otherwise.
 QUANTIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "vq": {"codebook_size": 4096, "codebook_dim": 12},
@@ -45,6 +47,8 @@ class TokenizerConfig:
         trained with tail drop or no policy, "mask_token" for nested dropout.
     embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio, conv_channels (decoder pixel head):
         see `vartok.models.vit`.
+    global_linear: a dense linear encoder/decoder beside the ViT, started at PCA of the first training
+        images (`vartok.models.linear_path`); small images only (the demo).
     """
 
     image_size: int = 256
@@ -67,6 +71,7 @@ class TokenizerConfig:
     linear_shortcut: bool = True
     shortcut_init: Literal["random", "pyramid"] = "pyramid"
     conv_channels: int = 0
+    global_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZER_DEFAULTS:
@@ -88,6 +93,8 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.decode_fill must be 'pad' or 'mask_token', got {self.decode_fill!r}")
         if self.token_dim is not None and self.token_dim < 1:
             raise ValueError(f"tokenizer.token_dim must be >= 1, got {self.token_dim}")
+        if self.global_linear:
+            check_size(self.image_size, self.num_tokens, self.latent_dim)
 
     @property
     def latent_dim(self) -> int:
@@ -110,9 +117,11 @@ _TITOK_SHAPES = {"s": (512, 8, 8), "b": (768, 12, 12), "l": (1024, 24, 16)}  # w
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo: 32 px, 4x4 patches of 8 px, 32 tokens of ~10 bits (FSQ 1000 codes); trains in minutes on 2 cores.
+    # The global linear path (started at PCA of training images) carries the ordered coarse-to-fine content.
     "demo": {
         "image_size": 32, "patch_size": 8, "width": 128, "depth": 3, "heads": 4, "num_tokens": 32,
         "quantizer": "fsq", "quantizer_args": {"levels": [8, 5, 5, 5]}, "latent_attention": "prefix_causal",
+        "global_linear": True,
     },
     # The smallest shape that still runs every code path: for tests.
     "demo_tiny": {

@@ -108,6 +108,8 @@ class TokenizerModule(pl.LightningModule):
         lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only: the
             perceptual loss is then meaningless).
         perturbation: latent perturbation of the decoder's codes (SPEC.md §3, docs/perturbation.md); None = off.
+        pca_images: with tokenizer.global_linear, how many training images the PCA that starts the linear path
+            reads at the start of a fresh fit (at least N*D + 1; never on resume: the checkpoint has the weights).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class TokenizerModule(pl.LightningModule):
         lpips_weights: str | None = None,
         lpips_random_init: bool = False,
         perturbation: PerturbationConfig | None = None,
+        pca_images: int = 4096,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -143,6 +146,10 @@ class TokenizerModule(pl.LightningModule):
             self.loss_weights.entropy, self.loss_weights.entropy_start, self.loss_weights.entropy_decay_steps
         )
         self.seed = seed
+        if config.global_linear and pca_images <= config.num_tokens * config.latent_dim:
+            raise ValueError(f"pca_images must exceed num_tokens * token_dim = "
+                             f"{config.num_tokens * config.latent_dim}, got {pca_images}")
+        self.pca_images = pca_images
         n = config.num_tokens
         lengths = val_lengths or pow2_lengths(n)
         if any(not 1 <= k <= n for k in lengths):
@@ -163,6 +170,7 @@ class TokenizerModule(pl.LightningModule):
             "val_lengths": lengths, "discriminator": discriminator, "lpips_weights": lpips_weights,
             "lpips_random_init": lpips_random_init,
             "perturbation": asdict(perturbation) if perturbation is not None else None,
+            "pca_images": pca_images,
         })
 
     # ------------------------------------------------------------------ setup
@@ -175,6 +183,35 @@ class TokenizerModule(pl.LightningModule):
             self.ema.module.quantizer.configure_world_size(self.trainer.world_size)
         if stage == "fit":
             self.perceptual_loss()  # missing VGG weights: one clear error now, not at the first step
+            if self.tokenizer_config.global_linear and self.trainer.ckpt_path is None and self.step_count == 0:
+                self.init_linear_path()
+
+    def init_linear_path(self) -> None:
+        """PCA of the first `pca_images` training images starts the global linear path (before DDP wraps the
+        model and before a checkpoint would be restored); rank 0's result is broadcast, the EMA starts there."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            rank_zero_info("global_linear: no datamodule to read training images from; the linear path starts at 0")
+            return
+        chunks, count = [], 0
+        for batch in datamodule.train_dataloader():
+            images, valid = batch_images(batch)
+            chunks.append(images[valid])
+            count += int(valid.sum())
+            if count >= self.pca_images:
+                break
+        images = torch.cat(chunks)[: self.pca_images]
+        if images.shape[0] < self.pca_images:
+            raise ValueError(f"global_linear: the training stream gave {images.shape[0]} images, pca_images asks "
+                             f"for {self.pca_images}")
+        explained = self.tokenizer.init_linear_path(images)
+        state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in self.tokenizer.state_dict().items()}, 0)
+        self.tokenizer.load_state_dict(state)
+        ema_state = self.ema.module.state_dict()
+        self.ema.module.load_state_dict({k: state[k] for k in ema_state})
+        rank_zero_info(f"global linear path: PCA of {images.shape[0]} training images; its "
+                       f"{self.tokenizer_config.num_tokens * self.tokenizer_config.latent_dim} components "
+                       f"explain {explained:.1%} of their variance")
 
     def on_fit_start(self) -> None:
         model = self.trainer.model
@@ -215,7 +252,8 @@ class TokenizerModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         opt, total = self.optim, self._total_steps()
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.tokenizer, opt.weight_decay), lr=opt.lr, betas=tuple(opt.betas)
+            parameter_groups(self.tokenizer, opt.weight_decay, opt.lr, opt.linear_path_lr_scale), lr=opt.lr,
+            betas=tuple(opt.betas)
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(opt.warmup_steps, total, opt.min_lr_ratio)

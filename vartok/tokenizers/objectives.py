@@ -81,6 +81,8 @@ class Optimization:
     warmup_steps: linear warmup from 0; then cosine to lr * min_lr_ratio at the trainer's max_steps.
     grad_clip: max gradient norm (0 = off).
     ema_decay: decay of the tokenizer's EMA (used for validation and export).
+    linear_path_lr_scale: learning-rate factor of the global linear path (tokenizer.global_linear), no weight
+        decay: its PCA weights are small (down to ~1e-3), and steps of the full lr would erase them.
     disc_lr, disc_betas, disc_weight_decay, disc_grad_clip: the discriminator's AdamW settings (None = the
         tokenizer's value). Its schedule starts at loss.gan_start_step: linear warmup over
         `disc_warmup_steps`, then cosine to disc_lr * min_lr_ratio at the trainer's max_steps.
@@ -93,6 +95,7 @@ class Optimization:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    linear_path_lr_scale: float = 0.01
     disc_lr: float | None = None
     disc_betas: tuple[float, float] | None = None
     disc_weight_decay: float | None = None
@@ -107,6 +110,8 @@ class Optimization:
                 f"optim.weight_decay, warmup_steps and grad_clip must be >= 0, got "
                 f"{self.weight_decay!r}, {self.warmup_steps!r}, {self.grad_clip!r}"
             )
+        if not self.linear_path_lr_scale > 0:
+            raise ValueError(f"optim.linear_path_lr_scale must be > 0, got {self.linear_path_lr_scale!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.disc_lr is not None and not self.disc_lr > 0:
@@ -132,18 +137,27 @@ NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop
                   "latent_to_patch")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, latent/mask tokens and position embeddings."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                     linear_path_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, latent/mask tokens and position embeddings; the global
+    linear path (if any) in its own group at lr * linear_path_lr_scale without decay (needs `lr`)."""
+    decay, no_decay, linear_path = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if param.ndim < 2 or leaf in NO_DECAY_NAMES or "norm" in name:
+        if ".linear_path." in f".{name}":
+            linear_path.append(param)
+        elif param.ndim < 2 or leaf in NO_DECAY_NAMES or "norm" in name:
             no_decay.append(param)
         else:
             decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if linear_path:
+        if lr is None:
+            raise ValueError("parameter_groups: a model with a global linear path needs lr")
+        groups.append({"params": linear_path, "weight_decay": 0.0, "lr": lr * linear_path_lr_scale})
+    return groups
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

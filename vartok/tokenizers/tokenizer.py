@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import Tensor, nn
 
+from vartok.models.linear_path import pca_init
 from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
 from vartok.models.vit import Decoder, Encoder
 from vartok.tokenizers.config import TokenizerConfig, preset_config
@@ -97,7 +98,8 @@ class Tokenizer(nn.Module):
         dim = c.latent_dim
         shared = {"image_size": c.image_size, "patch_size": c.patch_size, "num_tokens": c.num_tokens, "token_dim": dim,
                       "mlp_ratio": c.mlp_ratio, "qk_norm": c.qk_norm, "embed_std": c.embed_std,
-                      "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init}
+                      "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init,
+                      "global_linear": c.global_linear}
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
                           heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels, **shared)
@@ -182,6 +184,21 @@ class Tokenizer(nn.Module):
         from vartok.tokenizers.choose_length import choose_length
 
         return choose_length(self, images, target_psnr, target_lpips, lpips_fn)
+
+    @torch.no_grad()
+    def init_linear_path(self, images: Tensor, spread: float = 1.5) -> float:
+        """Start the global linear path (config.global_linear) at PCA of `images` (B, 3, H, W) in [0, 1], B > N*D,
+        and zero the ViT's last encoder and decoder layers, so that the model starts as the ordered PCA codec and
+        the ViT learns the remainder. Returns the fraction of the images' variance the N*D components explain."""
+        if self.encoder.linear_path is None or self.decoder.linear_path is None:
+            raise ValueError("init_linear_path needs a tokenizer built with global_linear=True")
+        self._check_images(images)
+        explained = pca_init(self.encoder.linear_path, self.decoder.linear_path, images, spread)
+        last = self.decoder.head if self.decoder.conv_out is None else self.decoder.conv_out[-1]
+        for layer in (self.encoder.proj, last):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        return float(explained)
 
     # ------------------------------------------------------------------ training forward
     def forward(self, images: Tensor, step: int = 0, generator: torch.Generator | None = None) -> TokenizerOutput:
