@@ -109,8 +109,11 @@ def test_fit_starts_the_linear_path_at_pca_and_resume_keeps_the_checkpoint(shard
     assert start.lr[2] == pytest.approx(start.lr[0] * 0.01)
     # Resume: the linear path is the checkpoint's, not a new PCA.
     resumed = linear_module()
+    calls = []
+    resumed.init_linear_path = lambda: calls.append(1)  # a resumed fit must not run a new PCA at all
     again = StartRecorder()
     make_trainer(tmp_path / "b", 12, callbacks=[again]).fit(resumed, make_data(shards),
                                                            ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(again.weight, saved["tokenizer.encoder.linear_path.linear.weight"])
+    assert calls == []

@@ -183,12 +183,11 @@ class TokenizerModule(pl.LightningModule):
             self.ema.module.quantizer.configure_world_size(self.trainer.world_size)
         if stage == "fit":
             self.perceptual_loss()  # missing VGG weights: one clear error now, not at the first step
-            if self.tokenizer_config.global_linear and self.trainer.ckpt_path is None and self.step_count == 0:
-                self.init_linear_path()
 
     def init_linear_path(self) -> None:
-        """PCA of the first `pca_images` training images starts the global linear path (before DDP wraps the
-        model and before a checkpoint would be restored); rank 0's result is broadcast, the EMA starts there."""
+        """PCA of the first `pca_images` training images starts the global linear path at the start of a fresh
+        fit; rank 0's result is broadcast and copied in place into every rank's parameters (so DDP and the
+        optimizer keep their references), the EMA starts there."""
         datamodule = self.trainer.datamodule
         if datamodule is None:
             rank_zero_info("global_linear: no datamodule to read training images from; the linear path starts at 0")
@@ -214,6 +213,10 @@ class TokenizerModule(pl.LightningModule):
                        f"explain {explained:.1%} of their variance")
 
     def on_fit_start(self) -> None:
+        # After any checkpoint is restored (Lightning restores after `setup`, where the path is not yet known):
+        # step_count 0 here means a fresh fit.
+        if self.tokenizer_config.global_linear and self.step_count == 0:
+            self.init_linear_path()
         model = self.trainer.model
         if self.discriminator is not None and isinstance(model, nn.parallel.DistributedDataParallel) \
                 and not model.find_unused_parameters:
