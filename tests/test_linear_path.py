@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_training import make_data, make_trainer, shards  # noqa: F401  (fixture)
+from vartok.models.linear_path import PCA_SPREAD
 from vartok.tokenizers import LengthPolicy
 from vartok.tokenizers.config import preset_config
 from vartok.tokenizers.module import TokenizerModule
@@ -43,7 +44,7 @@ def test_pca_start_is_the_ordered_pca_codec():
     flat_fit = (fit * 2 - 1).flatten(1)
     # Unit-ish spread: each coefficient has std 1 / spread on the fitting images.
     stds = tok.encoder.linear_path(fit * 2 - 1).flatten(1).std(0)
-    assert torch.allclose(stds, torch.full_like(stds, 1 / 1.5), rtol=1e-3)
+    assert torch.allclose(stds, torch.full_like(stds, 1 / PCA_SPREAD), rtol=1e-3)
     for k in (1, 2, 4):  # the first k tokens alone reconstruct the projection on the top k*D components
         recon = tok.decoder.linear_path(latents[:, :k]).flatten(1)
         assert torch.allclose(recon, eig_projection(x.flatten(1), flat_fit, 3 * k), atol=2e-4), k

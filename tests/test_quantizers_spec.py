@@ -82,6 +82,31 @@ def test_fsq_index_is_mixed_radix_of_levels():
     assert quantizer.codebook_size == 60
 
 
+@pytest.mark.parametrize("levels", [[5, 3], [32, 32], [8, 5]])
+def test_fsq_clamp_bound_is_the_nearest_level_of_the_linear_latent(levels):
+    quantizer = build_quantizer("fsq", 2, levels=levels, bound="clamp").eval()
+    z = torch.randn(6, 50, 2) * 0.7
+    out = quantizer(z)
+    for c, n in enumerate(levels):
+        # Oracle by brute force: z scaled by (L - 1) / 2 level steps per unit (x 1.001, the library's margin)
+        # and clipped to the L levels -L//2 .. L - 1 - L//2; the code is the nearest level over L // 2.
+        half = n // 2
+        grid = torch.arange(n) - half
+        scaled = (z[..., c] * (n - 1) / 2 * (1 + 1e-3)).clamp(-(n - 1) / 2 - (n % 2 == 0) / 2,
+                                                            (n - 1) / 2 - (n % 2 == 0) / 2)
+        nearest = grid[(scaled[..., None] - grid).abs().argmin(-1)]
+        assert torch.equal(out.codes[..., c], nearest / half)
+    assert torch.equal(quantizer.indices_to_codes(out.indices), out.codes)
+    tanh = build_quantizer("fsq", 2, levels=levels).eval()
+    big = torch.full((1, 1, 2), 0.8)  # tanh compresses: 0.8 -> 0.66 of the range
+    assert not torch.equal(tanh(big).codes, quantizer(big).codes)
+
+
+def test_fsq_rejects_an_unknown_bound():
+    with pytest.raises(ValueError, match="bound"):
+        build_quantizer("fsq", 2, levels=[5, 5], bound="sigmoid")
+
+
 def test_usage_and_perplexity_match_counting():
     quantizer = build_quantizer("fsq", 3, levels=[5, 4, 3]).eval()
     out = quantizer(torch.randn(4, 9, 3))

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import Tensor, nn
 
-from vartok.models.linear_path import pca_init
+from vartok.models.linear_path import PCA_SPREAD, pca_init
 from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
 from vartok.models.vit import Decoder, Encoder
 from vartok.tokenizers.config import TokenizerConfig, preset_config
@@ -186,7 +186,7 @@ class Tokenizer(nn.Module):
         return choose_length(self, images, target_psnr, target_lpips, lpips_fn)
 
     @torch.no_grad()
-    def init_linear_path(self, images: Tensor, spread: float = 1.5) -> float:
+    def init_linear_path(self, images: Tensor, spread: float = PCA_SPREAD) -> float:
         """Start the global linear path (config.global_linear) at PCA of `images` (B, 3, H, W) in [0, 1], B > N*D,
         and zero the ViT's last encoder and decoder layers, so that the model starts as the ordered PCA codec and
         the ViT learns the remainder. Returns the fraction of the images' variance the N*D components explain."""
