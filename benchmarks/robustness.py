@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from vartok.data import demo_shards, val_loader
 from vartok.metrics.evaluation import evaluate
 from vartok.metrics.fid import build_inception
+from vartok.metrics.quality import psnr_per_image
 from vartok.metrics.testing import make_random_inception_weights
 from vartok.tokenizers import load_tokenizer
 from vartok.tokenizers.perturb import pfid_perturbation
@@ -32,6 +34,22 @@ def subset(num_images: int, batch_size: int = 64) -> list[dict]:
         if seen >= num_images:
             break
     return batches
+
+
+@torch.no_grad()
+def perturbed_psnr(tok, data: list[dict], perturbations: dict, seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """Mean PSNR of the decoded perturbed codes per α (over images and seeds): a pixel-level companion to pFID
+    that needs no feature network."""
+    values: dict[str, list[Tensor]] = {"0": [], **{name: [] for name in perturbations}}
+    for batch in data:
+        images = batch["image"][batch["valid"]]
+        encoding = tok.encode(images)
+        values["0"].append(psnr_per_image(tok.decode(encoding.indices), images))  # float decode, as below
+        for name, perturb in perturbations.items():
+            for seed in seeds:
+                recon = tok.decode(perturb(encoding.indices, seed, encoding))
+                values[name].append(psnr_per_image(recon, images))
+    return {name: torch.cat(v).mean().item() for name, v in values.items()}
 
 
 def main() -> None:
@@ -63,7 +81,8 @@ def main() -> None:
                           show=False, distributed=False)
         entry = report["lengths"][str(tok.num_tokens)]
         results[name] = {"psnr": entry["psnr"], "rfid": entry["rfid"],
-                         "pfid": {a: v["mean"] for a, v in entry["pfid"].items()}}
+                         "pfid": {a: v["mean"] for a, v in entry["pfid"].items()},
+                         "perturbed_psnr": perturbed_psnr(tok, data, perturbations)}
     print(json.dumps(results, indent=2))
 
 

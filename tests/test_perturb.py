@@ -29,6 +29,7 @@ from vartok.tokenizers.perturb import (
 SMALL = {
     "vq": ("vq", {"codebook_size": 32, "codebook_dim": 4}, 6),  # with projections
     "fsq": ("fsq", {"levels": [3, 4, 5]}, 3),  # odd and even levels
+    "fsq_clamp": ("fsq", {"levels": [3, 4, 5], "bound": "clamp"}, 3),  # the demo's bound
     "lfq": ("lfq", {"bits": 6}, 6),
     "bsq": ("bsq", {"bits": 6}, 6),
     "gq": ("gq", {"bits": 8, "groups": 2}, 8),
@@ -56,11 +57,14 @@ def oracle_scores(name: str, quantizer, latents: torch.Tensor) -> torch.Tensor:
         if name == "vq":
             x = F.normalize(quantizer.project_in(z), dim=-1)
             return (x @ quantizer.vq.codebook.T)[:, :, None]
-        if name == "fsq":
+        if name.startswith("fsq"):
             levels = torch.tensor(quantizer.levels)
             half_l = (levels - 1) * 1.001 / 2
             offset = (levels % 2 == 0).float() * 0.5
-            bounded = torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset  # level units
+            if quantizer.bound == "clamp":
+                bounded = (z + offset / half_l).clamp(-1, 1) * half_l - offset
+            else:
+                bounded = torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset  # level units
             codes, _ = quantizer.fsq(z)
             assert torch.equal(bounded.round() / (levels // 2), codes)  # the oracle's latent is the library's
             grid = quantizer.fsq.implicit_codebook * (levels // 2)  # (K, C) level units

@@ -9,7 +9,8 @@ Nearest, per quantizer (the continuous latent is taken after the quantizer's inp
   (l2-normalised) codebook, exactly as vector-quantize-pytorch ranks codes (in training, the codebook as
   this step's EMA update left it; the own code is excluded by index either way).
 - `fsq`: squared Euclidean distance of the bounded latent b = tanh(z + shift)·half_l − offset (the library's
-  `bound` before rounding, in level units: adjacent levels are 1 apart) to the integer grid points.
+  `bound` before rounding, in level units: adjacent levels are 1 apart; with `bound: clamp`, clamp instead
+  of tanh) to the integer grid points.
 - `lfq` / `bsq` / `gq`: a neighbour is a bit-flip set S, cost Σ_{i∈S} 2|x_i| with x = project_in(z)
   (lfq, gq) or its unit-sphere normalisation u (bsq); each flipped bit adds 4|x_i| (bsq: 4|u_i|/√K) to
   ‖x − c‖², so this is the Euclidean order. We implement the EXACT δ cheapest flip sets (multi-bit flips included), not only
@@ -193,7 +194,10 @@ def symbol_latents(quantizer: Quantizer, latents: Tensor) -> Tensor:
         levels = fsq._levels.float()
         half_l = (levels - 1) * (1 + 1e-3) / 2  # the library's bound(), eps = 1e-3, without the rounding
         offset = torch.where(fsq._levels % 2 == 0, 0.5, 0.0)
-        bounded = torch.tanh(fsq.project_in(z) + torch.atanh(offset / half_l)) * half_l - offset
+        if quantizer.bound == "clamp":  # the library's hard-clamp bound: identity inside the range
+            bounded = (fsq.project_in(z) + offset / half_l).clamp(-1.0, 1.0) * half_l - offset
+        else:
+            bounded = torch.tanh(fsq.project_in(z) + torch.atanh(offset / half_l)) * half_l - offset
         return bounded[:, :, None]  # (B, N, 1, C); the code of channel c is round(b_c)
     x, _, _ = quantizer.binarize(quantizer.project_in(z))  # (B, N, K)
     return x.reshape(batch, length, quantizer.groups, quantizer.group_bits)
