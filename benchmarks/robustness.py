@@ -42,7 +42,7 @@ def perturbed_psnr(tok, data: list[dict], perturbations: dict, seeds: tuple[int,
     that needs no feature network."""
     values: dict[str, list[Tensor]] = {"0": [], **{name: [] for name in perturbations}}
     for batch in data:
-        images = batch["image"][batch["valid"]]
+        images = batch["image"][batch["valid"]].float() / 255  # the loader gives uint8
         encoding = tok.encode(images)
         values["0"].append(psnr_per_image(tok.decode(encoding.indices), images))  # float decode, as below
         for name, perturb in perturbations.items():
