@@ -25,6 +25,8 @@ from vartok.metrics.testing import make_random_inception_weights
 from vartok.tokenizers import load_tokenizer
 from vartok.tokenizers.perturb import pfid_perturbation
 
+SEEDS = (0, 1)  # of every perturbed measurement, pFID and PSNR alike
+
 
 def subset(num_images: int, batch_size: int = 64) -> list[dict]:
     batches, seen = [], 0
@@ -37,7 +39,7 @@ def subset(num_images: int, batch_size: int = 64) -> list[dict]:
 
 
 @torch.no_grad()
-def perturbed_psnr(tok, data: list[dict], perturbations: dict, seeds: tuple[int, ...] = (0, 1)) -> dict:
+def perturbed_psnr(tok, data: list[dict], perturbations: dict, seeds: tuple[int, ...] = SEEDS) -> dict:
     """Mean PSNR of the decoded perturbed codes per α (over images and seeds): a pixel-level companion to pFID
     that needs no feature network."""
     values: dict[str, list[Tensor]] = {"0": [], **{name: [] for name in perturbations}}
@@ -70,15 +72,15 @@ def main() -> None:
         weights = make_random_inception_weights(Path(tempfile.mkdtemp()) / "inception_random.pth", calibration)
     network = build_inception(weights, feature=args.feature)
     alphas = [float(a) for a in args.alphas.split(",")]
-    results = {"protocol": {"alphas": alphas, "delta": args.delta, "seeds": [0, 1], "images": args.images,
+    results = {"protocol": {"alphas": alphas, "delta": args.delta, "seeds": list(SEEDS), "images": args.images,
                             "feature": args.feature, "inception": "given" if args.inception_weights else
                             "random (not comparable to published FID)"}}
     for name in ("clean", "robust"):
         tok = load_tokenizer(getattr(args, name))
         perturbations = {f"{a:g}": pfid_perturbation(tok, a, args.delta) for a in alphas}
         report = evaluate(tok, data, [tok.num_tokens], metrics={"psnr", "rfid", "pfid"}, fid_network=network,
-                          fid_feature=args.feature, perturbations=perturbations, baselines=False, grid_images=0,
-                          show=False, distributed=False)
+                          fid_feature=args.feature, perturbations=perturbations, pfid_seeds=SEEDS, baselines=False,
+                          grid_images=0, show=False, distributed=False)
         entry = report["lengths"][str(tok.num_tokens)]
         results[name] = {"psnr": entry["psnr"], "rfid": entry["rfid"],
                          "pfid": {a: v["mean"] for a, v in entry["pfid"].items()},

@@ -268,6 +268,11 @@ class Decoder(nn.Module):
         return image if self.linear_path is None else image + self.linear_path(codes, real).to(image.dtype)
 
     @property
+    def pixel_layer(self) -> nn.Module:
+        """The layer that writes the pixels: the linear head, or the last convolution with conv_channels."""
+        return self.head if self.conv_out is None else self.conv_out[-1]
+
+    @property
     def last_layer(self) -> Tensor:
         """Weight of the layer that writes the pixels (for the adaptive GAN weight)."""
-        return self.head.weight if self.conv_out is None else self.conv_out[-1].weight
+        return self.pixel_layer.weight

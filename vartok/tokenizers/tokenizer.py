@@ -96,10 +96,10 @@ class Tokenizer(nn.Module):
     def from_config(cls, config: TokenizerConfig, length_policy: LengthPolicy | None = None) -> Tokenizer:
         c = config
         dim = c.latent_dim
-        shared = {"image_size": c.image_size, "patch_size": c.patch_size, "num_tokens": c.num_tokens, "token_dim": dim,
-                      "mlp_ratio": c.mlp_ratio, "qk_norm": c.qk_norm, "embed_std": c.embed_std,
-                      "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init,
-                      "global_linear": c.global_linear}
+        shared = {"image_size": c.image_size, "patch_size": c.patch_size, "num_tokens": c.num_tokens,
+                  "token_dim": dim, "mlp_ratio": c.mlp_ratio, "qk_norm": c.qk_norm, "embed_std": c.embed_std,
+                  "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init,
+                  "global_linear": c.global_linear}
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
                           heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels, **shared)
@@ -194,8 +194,7 @@ class Tokenizer(nn.Module):
             raise ValueError("init_linear_path needs a tokenizer built with global_linear=True")
         self._check_images(images)
         explained = pca_init(self.encoder.linear_path, self.decoder.linear_path, images, spread)
-        last = self.decoder.head if self.decoder.conv_out is None else self.decoder.conv_out[-1]
-        for layer in (self.encoder.proj, last):
+        for layer in (self.encoder.proj, self.decoder.pixel_layer):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         return float(explained)
