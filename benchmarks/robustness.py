@@ -1,16 +1,21 @@
-"""Robustness of two demo tokenizers to latent perturbation: PSNR, rFID and pFID(α, δ) on held-out crops.
+"""Robustness of demo tokenizers to latent perturbation: PSNR, rFID and pFID(α, δ) on held-out crops.
 
-    python benchmarks/robustness.py --clean runs/demo/export --robust runs/demo_robust/export
+    python benchmarks/robustness.py --clean runs/demo_vq/export --robust runs/demo_robust/export
 
-Train the second with `vartok-train fit --config configs/demo_robust.yaml`. Without --inception-weights the FID
-network is a randomly initialised Inception-v3 (batch norms calibrated on the demo crops, vartok.metrics.testing)
-and the FID numbers are only comparable within this run. Prints one JSON object.
+Train them with `vartok-train fit --config configs/demo_vq.yaml` and `--config configs/demo_robust.yaml`; give several exports per arm (other
+training seeds) to see how much of a difference is the training run. Without --inception-weights the FID network
+is a randomly initialised Inception-v3 (batch norms calibrated on the demo crops, vartok.metrics.testing),
+`--networks` of them, and the FID numbers are only comparable within this run. `pfid_rise` (pFID − rFID per
+network and seed, mean and sd) is the robustness figure: a paired difference, far less noisy than comparing
+pFID across models. Prints one JSON object (progress on stderr); ~2.5 min per model and network at 256 images
+on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,37 +59,67 @@ def perturbed_psnr(tok, data: list[dict], perturbations: dict, seeds: tuple[int,
     return {name: torch.cat(v).mean().item() for name, v in values.items()}
 
 
+def rise_summary(values: list[float]) -> dict:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": t.mean().item(), "sd": t.std().item() if len(values) > 1 else 0.0, "n": len(values),
+            "values": [round(v, 4) for v in values]}
+
+
+def measure(tok, data: list[dict], networks: list, feature: int, alphas: list[float], delta: int) -> dict:
+    """One tokenizer: PSNR, rFID / pFID per feature network, the pFID rise over rFID per (network, seed), and
+    PSNR under perturbation."""
+    perturbations = {f"{a:g}": pfid_perturbation(tok, a, delta) for a in alphas}
+    rfid, pfid, rise = [], {name: [] for name in perturbations}, {name: [] for name in perturbations}
+    for network in networks:
+        report = evaluate(tok, data, [tok.num_tokens], metrics={"psnr", "rfid", "pfid"}, fid_network=network,
+                          fid_feature=feature, perturbations=perturbations, pfid_seeds=SEEDS, baselines=False,
+                          grid_images=0, show=False, distributed=False)
+        entry = report["lengths"][str(tok.num_tokens)]
+        rfid.append(entry["rfid"])
+        for name, value in entry["pfid"].items():
+            pfid[name].append(value["mean"])
+            rise[name] += [v - entry["rfid"] for v in value["per_seed"]]
+    psnr = perturbed_psnr(tok, data, perturbations)
+    return {"psnr": psnr["0"], "rfid": sum(rfid) / len(rfid), "rfid_per_network": rfid,
+            "pfid": {name: sum(v) / len(v) for name, v in pfid.items()},
+            "pfid_rise": {name: rise_summary(v) for name, v in rise.items()},
+            "perturbed_psnr": {name: v for name, v in psnr.items() if name != "0"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", default="runs/demo/export")
-    parser.add_argument("--robust", default="runs/demo_robust/export")
+    parser.add_argument("--clean", nargs="+", default=["runs/demo_vq/export"], help="plainly trained exports")
+    parser.add_argument("--robust", nargs="+", default=["runs/demo_robust/export"],
+                        help="perturbation-trained exports")
     parser.add_argument("--alphas", default="0.05,0.1,0.2,0.4")
     parser.add_argument("--delta", type=int, default=16)
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--feature", type=int, default=192, help="Inception feature layer (64, 192, 768, 2048)")
     parser.add_argument("--inception-weights", default=None)
+    parser.add_argument("--networks", type=int, default=3,
+                        help="without --inception-weights: how many random Inception-v3 initialisations")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = subset(args.images)
-    weights = args.inception_weights
-    if weights is None:
+    if args.inception_weights:
+        networks = [build_inception(args.inception_weights, feature=args.feature)]
+    else:
         calibration = torch.cat([b["image"][b["valid"]] for b in data])[:64]
-        weights = make_random_inception_weights(Path(tempfile.mkdtemp()) / "inception_random.pth", calibration)
-    network = build_inception(weights, feature=args.feature)
+        folder = Path(tempfile.mkdtemp())
+        networks = [build_inception(make_random_inception_weights(folder / f"inception_random_{seed}.pth",
+                                                                  calibration, seed=seed), feature=args.feature)
+                    for seed in range(args.networks)]
     alphas = [float(a) for a in args.alphas.split(",")]
-    results = {"protocol": {"alphas": alphas, "delta": args.delta, "seeds": list(SEEDS), "images": args.images,
-                            "feature": args.feature, "inception": "given" if args.inception_weights else
-                            "random (not comparable to published FID)"}}
-    for name in ("clean", "robust"):
-        tok = load_tokenizer(getattr(args, name))
-        perturbations = {f"{a:g}": pfid_perturbation(tok, a, args.delta) for a in alphas}
-        report = evaluate(tok, data, [tok.num_tokens], metrics={"psnr", "rfid", "pfid"}, fid_network=network,
-                          fid_feature=args.feature, perturbations=perturbations, pfid_seeds=SEEDS, baselines=False,
-                          grid_images=0, show=False, distributed=False)
-        entry = report["lengths"][str(tok.num_tokens)]
-        results[name] = {"psnr": entry["psnr"], "rfid": entry["rfid"],
-                         "pfid": {a: v["mean"] for a, v in entry["pfid"].items()},
-                         "perturbed_psnr": perturbed_psnr(tok, data, perturbations)}
+    results: dict = {"protocol": {
+        "alphas": alphas, "delta": args.delta, "seeds": list(SEEDS), "images": args.images, "feature": args.feature,
+        "inception": "given" if args.inception_weights else
+        f"{len(networks)} random initialisations (seeds 0..{len(networks) - 1}; not comparable to published FID)",
+        "pfid_rise": "pFID(α) − rFID per (network, seed), over every network and seed"}}
+    for arm in ("clean", "robust"):
+        results[arm] = {}
+        for path in getattr(args, arm):
+            print(f"measuring {path} ({len(networks)} feature network(s))", file=sys.stderr, flush=True)
+            results[arm][path] = measure(load_tokenizer(path), data, networks, args.feature, alphas, args.delta)
     print(json.dumps(results, indent=2))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningCLI
@@ -16,6 +17,10 @@ from pytorch_lightning.cli import LightningCLI
 from vartok.data import ImageDataModule
 from vartok.tokenizers.length import pow2_lengths
 from vartok.tokenizers.module import TokenizerModule
+
+# The EMA copy of the tokenizer (and any frozen loss network) stays in eval mode on purpose; Lightning warns
+# about every such module at the start of fit.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def export_and_report(module: TokenizerModule, datamodule: ImageDataModule, run_dir: Path, metrics: list[str]) -> dict:
