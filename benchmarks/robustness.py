@@ -2,13 +2,13 @@
 
     python benchmarks/robustness.py --clean runs/demo_vq/export --robust runs/demo_robust/export
 
-Train them with `vartok-train fit --config configs/demo_vq.yaml` and `--config configs/demo_robust.yaml`; give several exports per arm (other
-training seeds) to see how much of a difference is the training run. Without --inception-weights the FID network
-is a randomly initialised Inception-v3 (batch norms calibrated on the demo crops, vartok.metrics.testing),
-`--networks` of them, and the FID numbers are only comparable within this run. `pfid_rise` (pFID − rFID per
-network and seed, mean and sd) is the robustness figure: a paired difference, far less noisy than comparing
-pFID across models. Prints one JSON object (progress on stderr); ~2.5 min per model and network at 256 images
-on 2 CPU cores.
+Train them with `vartok-train fit --config configs/demo_vq.yaml` and `--config configs/demo_robust.yaml`; give
+several exports per arm (other training seeds) to see how much of a difference is the training run. Without
+--inception-weights the FID network is a randomly initialised Inception-v3 (batch norms calibrated on the demo
+crops, vartok.metrics.testing), `--networks` of them, and the FID numbers are only comparable within this run.
+`pfid_rise` (pFID − rFID per network and seed, mean and sd) is the robustness figure: a paired difference, far
+less noisy than comparing pFID across models. Prints one JSON object (progress on stderr); ~2.5 min per model
+and network at 256 images on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def rise_summary(values: list[float]) -> dict:
 
 
 def measure(tok, data: list[dict], networks: list, feature: int, alphas: list[float], delta: int) -> dict:
-    """One tokenizer: PSNR, rFID / pFID per feature network, the pFID rise over rFID per (network, seed), and
-    PSNR under perturbation."""
+    """One tokenizer: rFID / pFID per feature network, the pFID rise over rFID per (network, seed), and PSNR
+    clean and under perturbation (both float decodes)."""
     perturbations = {f"{a:g}": pfid_perturbation(tok, a, delta) for a in alphas}
     rfid, pfid, rise = [], {name: [] for name in perturbations}, {name: [] for name in perturbations}
     for network in networks:
-        report = evaluate(tok, data, [tok.num_tokens], metrics={"psnr", "rfid", "pfid"}, fid_network=network,
+        report = evaluate(tok, data, [tok.num_tokens], metrics={"rfid", "pfid"}, fid_network=network,
                           fid_feature=feature, perturbations=perturbations, pfid_seeds=SEEDS, baselines=False,
                           grid_images=0, show=False, distributed=False)
         entry = report["lengths"][str(tok.num_tokens)]
