@@ -47,7 +47,7 @@ def test_per_sample_decode_equals_decoding_each_sample_alone(fill, linear_shortc
 @pytest.mark.parametrize("fill", ["pad", "mask_token"])
 @torch.no_grad()
 def test_decoder_output_ignores_codes_past_keep_len(fill):
-    tok = make(linear_shortcut=True).eval()
+    tok = make(linear_shortcut=True, decode_fill=fill).eval()
     codes = tok.encode(images_for(tok, 4)).codes  # (B, N, D)
     keep_len = torch.tensor([3, 1, 32, 12])
     other = codes.clone()

@@ -190,6 +190,7 @@ class Decoder(nn.Module):
         token_dim: D, width of the (quantized) tokens.
         conv_channels: 0 = linear pixel head; > 0 = linear head to that many channels + two 3x3 convolutions.
         global_linear: add a dense linear map of the tokens to the pixels (the encoder's mirror).
+        drop_token: build the learned token that replaces positions >= keep_len with fill="mask_token".
     `forward(codes, keep_len)`: codes (B, k, D). keep_len None = all k tokens are real; a (B,) tensor
     gives per-sample lengths, and positions >= keep_len[b] are either excluded from attention
     (fill="pad", a key-padding mask) or replaced by one learned drop token (fill="mask_token").
@@ -211,6 +212,7 @@ class Decoder(nn.Module):
         shortcut_init: Literal["random", "pyramid"] = "pyramid",
         conv_channels: int = 0,
         global_linear: bool = False,
+        drop_token: bool = False,
     ) -> None:
         super().__init__()
         check_geometry(image_size, patch_size, num_tokens, width, heads)
@@ -220,7 +222,11 @@ class Decoder(nn.Module):
         self.grid = image_size // patch_size
         self.token_embed = nn.Linear(token_dim, width)
         self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * embed_std)
-        self.drop_token = nn.Parameter(torch.randn(width) * embed_std)  # nested dropout's mask token
+        # Nested dropout's mask token, built only for decoders that use it: a parameter that no loss reaches
+        # breaks DDP (every parameter must receive a gradient in every step).
+        # Drawn in every case, so the initialisation of the other weights does not depend on it.
+        drop = torch.randn(width) * embed_std
+        self.drop_token = nn.Parameter(drop) if drop_token else None
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.pos_embed = nn.Parameter(torch.randn(self.grid**2, width) * embed_std)
         # Each patch query starts as a linear mix of the real tokens (the mirror of the encoder's shortcut).
@@ -249,6 +255,9 @@ class Decoder(nn.Module):
         if keep_len is not None:
             real = torch.arange(k, device=codes.device) < keep_len[:, None]  # (B, k)
             if fill == "mask_token":
+                if self.drop_token is None:
+                    raise ValueError("fill='mask_token' needs a decoder built with drop_token=True (a tokenizer "
+                                     "trained with nested dropout: decode_fill 'mask_token')")
                 tokens = torch.where(real[..., None], tokens, self.drop_token.to(tokens.dtype))
             else:
                 patches_real = real.new_ones(batch, self.grid**2)

@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
+from vartok.models.precision import no_autocast
+
 
 class ReconstructionGrid(pl.Callback):
     """Every `every_n_steps` training steps: originals (top row) and EMA reconstructions from the first
@@ -46,7 +48,7 @@ class ReconstructionGrid(pl.Callback):
             return
         tok = pl_module.ema.module
         images = images.to(pl_module.device)
-        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+        with torch.no_grad(), no_autocast(images.device):
             indices = tok.encode(images).indices
             rows = [images] + [tok.decode(indices, length=k) for k in pl_module.val_lengths]
         grid = make_grid(torch.cat(rows).cpu(), nrow=len(images), padding=1)

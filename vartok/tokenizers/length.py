@@ -103,44 +103,48 @@ class LengthPolicy:
 
     def support(self, num_tokens: int) -> tuple[Tensor, Tensor]:
         """The lengths that can be drawn and their probabilities (before p_full): (values, probs)."""
-        n = num_tokens
+        n, cpu = num_tokens, torch.device("cpu")
         if self.distribution == "uniform":
-            values = torch.arange(1, n + 1)
-            probs = torch.full((n,), 1.0 / n)
+            values = torch.arange(1, n + 1, device=cpu)
+            probs = torch.full((n,), 1.0 / n, device=cpu)
         elif self.distribution == "pow2":
-            values = torch.tensor(pow2_lengths(n))
-            probs = torch.full((len(values),), 1.0 / len(values))
+            values = torch.tensor(pow2_lengths(n), device=cpu)
+            probs = torch.full((len(values),), 1.0 / len(values), device=cpu)
         elif self.distribution == "uniform_pow2":
             rounded = [min(2 ** math.ceil(math.log2(k)), n) for k in range(1, n + 1)]
-            values = torch.tensor(sorted(set(rounded)))
-            probs = torch.tensor([rounded.count(int(v)) / n for v in values])
+            values = torch.tensor(sorted(set(rounded)), device=cpu)
+            probs = torch.tensor([rounded.count(int(v)) / n for v in values], device=cpu)
         else:
             if max(self.lengths) > n:
                 raise ValueError(f"length_policy.lengths must be in [1, {n}] (num_tokens), got {self.lengths}")
-            weights = torch.tensor(self.weights or [1.0] * len(self.lengths), dtype=torch.float64)
-            values = torch.tensor([int(k) for k in self.lengths])
+            weights = torch.tensor(self.weights or [1.0] * len(self.lengths), dtype=torch.float64, device=cpu)
+            values = torch.tensor([int(k) for k in self.lengths], device=cpu)
             probs = (weights / weights.sum()).float()
         return values, probs
 
     def draw(self, count: int, num_tokens: int, generator: torch.Generator | None = None) -> Tensor:
-        """`count` lengths (int64) from the distribution mixed with p_full at N."""
+        """`count` lengths (int64, on the CPU) from the distribution mixed with p_full at N.
+
+        The draws are made on the CPU with a CPU generator whatever the training device, so that a run draws
+        the same lengths on any accelerator; the caller moves them to its device."""
         values, probs = self.support(num_tokens)
         picks = values[torch.multinomial(probs, count, replacement=True, generator=generator)]
-        full = torch.rand(count, generator=generator) < self.p_full
+        full = torch.rand(count, generator=generator, device=values.device) < self.p_full
         return torch.where(full, torch.full_like(picks, num_tokens), picks)
 
     def sample(
-        self, batch: int, num_tokens: int, step: int, generator: torch.Generator | None = None
+        self, batch: int, num_tokens: int, step: int, generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> LengthSample:
-        """The decoder input for one training step."""
+        """The decoder input for one training step; `keep_len` on `device` (drawn on the CPU, see `draw`)."""
         if self.mode == "none" or step < self.start_step:
             return LengthSample(num_tokens, None, "pad")
         if self.granularity == "batch":
             return LengthSample(int(self.draw(1, num_tokens, generator)[0]), None, "pad")
-        keep_len = self.draw(batch, num_tokens, generator)
-        if self.mode == "nested_dropout":
-            return LengthSample(num_tokens, keep_len, "mask_token")
-        return LengthSample(int(keep_len.max()), keep_len, "pad")
+        keep_len = self.draw(batch, num_tokens, generator)  # (B,) on the CPU
+        length = num_tokens if self.mode == "nested_dropout" else int(keep_len.max())  # a host value, no sync
+        fill = "mask_token" if self.mode == "nested_dropout" else "pad"
+        return LengthSample(length, keep_len.to(device, non_blocking=True), fill)
 
 
 def _is_int(value: object) -> bool:

@@ -7,13 +7,13 @@ Losses (SPEC.md §5): pixel L1/L2, LPIPS (frozen VGG; held outside the module tr
 checkpoint, the EMA, DDP or the export), quantizer losses, and from `loss.gan_start_step` on the adversarial
 term of a PatchDiscriminator (hinge or non-saturating, optional adaptive weight, optional LeCam).
 
-Counting: `step_count` counts training steps. The discriminator's optimizer steps through the strategy
-(precision plugin) but not through Lightning's step counter, so `trainer.global_step` and
-`trainer.max_steps` also count training steps, not optimizer steps.
+Counting: `step_count` counts training steps, each one tokenizer optimizer step over
+`optim.accumulate_grad_batches` micro-batches. The discriminator's optimizer steps through the strategy
+(precision plugin) but not through Lightning's step counter, so `trainer.global_step` and `trainer.max_steps`
+also count training steps.
 
-DDP with a discriminator: each step has two backward passes, and before the start step the discriminator is
-unused, so the strategy must find unused parameters: `--trainer.strategy ddp_find_unused_parameters_true`
-(checked at the start of fit).
+Strategies: one device or DDP (`vartok.tokenizers.strategy` says why not FSDP). DDP with a discriminator
+needs `--trainer.strategy ddp_find_unused_parameters_true` (checked at the start of fit).
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from __future__ import annotations
 import inspect
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from vartok.models.discriminator import PatchDiscriminator
 from vartok.models.losses import LeCam, LPIPSLoss, adaptive_weight, discriminator_loss, generator_loss
+from vartok.models.precision import no_autocast
 from vartok.models.quantizers.binary import NonFiniteError
 from vartok.models.quantizers.schedule import WeightSchedule
 from vartok.models.weights import WeightsNotFoundError
@@ -47,6 +48,7 @@ from vartok.tokenizers.objectives import (
     warmup_cosine,
 )
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
+from vartok.tokenizers.strategy import check_ddp_with_discriminator, check_strategy
 from vartok.tokenizers.tokenizer import Tokenizer, TokenizerOutput
 
 
@@ -156,7 +158,8 @@ class TokenizerModule(pl.LightningModule):
             raise ValueError(f"val_lengths must be in [1, {n}], got {lengths}")
         self.val_lengths = lengths
         self.val_psnr = torch.nn.ModuleDict({str(k): MeanMetric() for k in lengths})
-        self.step_count = 0  # training steps (not optimizer steps), saved in checkpoints
+        self.step_count = 0  # training (= optimizer) steps, saved in checkpoints
+        self.micro_step = 0  # micro-batches of the current accumulation done (optim.accumulate_grad_batches)
         gan = self.loss_weights.gan > 0
         # Never part of self.tokenizer: so never in the EMA, the export or the tokenizer's parameter count.
         self.discriminator = build_discriminator(discriminator, config.image_size) if gan else None
@@ -175,6 +178,8 @@ class TokenizerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(self.trainer)  # before any work: the demo data, PCA, weights files
         if self.tokenizer.perturbation is not None:
             self.tokenizer.perturbation.rank = self.global_rank
         configure = getattr(self.tokenizer.quantizer, "configure_world_size", None)
@@ -215,16 +220,10 @@ class TokenizerModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         # After any checkpoint is restored (Lightning restores after `setup`, where the path is not yet known):
         # step_count 0 here means a fresh fit.
+        if self.discriminator is not None:
+            check_ddp_with_discriminator(self.trainer, self.loss_weights.gan_start_step)
         if self.tokenizer_config.global_linear and self.step_count == 0:
             self.init_linear_path()
-        model = self.trainer.model
-        if self.discriminator is not None and isinstance(model, nn.parallel.DistributedDataParallel) \
-                and not model.find_unused_parameters:
-            raise ValueError(
-                "model.loss.gan > 0 trains a discriminator (two backward passes per step, unused before "
-                f"loss.gan_start_step={self.loss_weights.gan_start_step}); under DDP use "
-                "--trainer.strategy ddp_find_unused_parameters_true"
-            )
         counts = self.parameter_counts()
         rank_zero_info(", ".join(f"{name}: {count:,} parameters" for name, count in counts.items()))
 
@@ -276,7 +275,8 @@ class TokenizerModule(pl.LightningModule):
 
     def step_generator(self) -> torch.Generator:
         """RNG of this training step on this rank: reproducible on resume."""
-        key = f"{self.seed}/{self.step_count}/{self.global_rank}".encode()
+        key = f"{self.seed}/{self.step_count}/{self.global_rank}"
+        key = (key if self.micro_step == 0 else f"{key}/{self.micro_step}").encode()  # one stream per micro-batch
         return torch.Generator().manual_seed(zlib.crc32(key))
 
     # ------------------------------------------------------------------ training
@@ -305,9 +305,10 @@ class TokenizerModule(pl.LightningModule):
             terms.update(gan_g=gan, gan_weight=weight)
         return total, terms
 
-    def discriminator_update(self, images: Tensor, recon: Tensor) -> dict[str, Tensor]:
-        """One discriminator step on real `images` and detached `recon` ((B, 3, H, W) in [0, 1]); returns
-        its logged terms."""
+    def discriminator_update(self, images: Tensor, recon: Tensor, first: bool, last: bool) -> dict[str, Tensor]:
+        """The discriminator's part of one micro-step on real `images` and detached `recon` ((B, 3, H, W) in
+        [0, 1]): its gradients accumulate from the `first` micro-step on; on the `last` it steps. Returns its
+        logged terms."""
         w, optimizer, schedule = self.loss_weights, self.optimizers()[1], self.lr_schedulers()[1]
         logits_real = self.discriminator(images).float()
         logits_fake = self.discriminator(recon.detach()).float()
@@ -318,29 +319,33 @@ class TokenizerModule(pl.LightningModule):
             penalty = self.lecam(logits_real, logits_fake)
             loss = loss + w.lecam * penalty
             terms["lecam"] = penalty.detach()
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        clip = self.optim.discriminator()["grad_clip"]
-        if clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        # Through the strategy (precision plugin, gradient scaler) but not LightningOptimizer.step, which
-        # would count a second optimizer step per training step in trainer.global_step (so in max_steps).
-        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
-        schedule.step()
-        terms["lr_disc"] = torch.tensor(schedule.get_last_lr()[0])
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        with self.gradient_sync(last):
+            self.manual_backward(loss / self.optim.accumulate_grad_batches)
+        if last:
+            clip = self.optim.discriminator()["grad_clip"]
+            if clip > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            # Through the strategy (precision plugin, gradient scaler) but not LightningOptimizer.step, which
+            # would count a second optimizer step per training step in trainer.global_step (so in max_steps).
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
+            schedule.step()
+        terms["lr_disc"] = torch.tensor(schedule.get_last_lr()[0], device=images.device)
         return terms
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        # A checkpoint written at an epoch's end (every_n_epochs) restores a finished epoch that Lightning
-        # restarts with one more batch from a fresh stream; skip it so resuming equals an uninterrupted run.
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        total = self.trainer.num_training_batches
-        if total != float("inf") and progress.completed >= total:
-            return -1
-        return None
+    def gradient_sync(self, sync: bool) -> AbstractContextManager:
+        """A backward pass that all-reduces the gradients over ranks (`sync`), or one that only accumulates
+        them locally (DDP's no_sync: the micro-steps before the last of an accumulation)."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        return nullcontext() if sync or block is None else block()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One micro-batch: forward and backward; on the last micro-batch of an accumulation (on every batch
+        without accumulation) the tokenizer's optimizer steps, then the discriminator's, then the EMA."""
         images, _ = batch_images(batch)
+        accumulate = self.optim.accumulate_grad_batches
+        first, last = self.micro_step == 0, self.micro_step == accumulate - 1
         try:
             out = self.tokenizer(images, step=self.step_count, generator=self.step_generator())
         except NonFiniteError as err:
@@ -350,17 +355,22 @@ class TokenizerModule(pl.LightningModule):
             raise FloatingPointError(f"training step {self.step_count}: the loss is {loss.item()} ({terms})")
         optimizer = self.optimizers()[0] if self.discriminator is not None else self.optimizers()
         schedule = self.lr_schedulers()[0] if self.discriminator is not None else self.lr_schedulers()
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.optim.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip,
-                                gradient_clip_algorithm="norm")
-        optimizer.step()
-        schedule.step()
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        with self.gradient_sync(last):
+            self.manual_backward(loss / accumulate)
+        if last:
+            if self.optim.grad_clip > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            schedule.step()
         if self.discriminator is not None and self.loss_weights.gan_active(self.step_count):
-            terms.update(self.discriminator_update(images, out.recon.float()))
-        self.ema.update(self.tokenizer, self.step_count)
-        self.step_count += 1
+            terms.update(self.discriminator_update(images, out.recon.float(), first, last))
+        self.micro_step = 0 if last else self.micro_step + 1
+        if last:
+            self.ema.update(self.tokenizer, self.step_count)
+            self.step_count += 1
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs.update({f"train/quantizer_{k}": v for k, v in out.quantizer.stats.items() if v.dim() == 0})
         logs["train/loss"] = loss.detach()
@@ -379,7 +389,7 @@ class TokenizerModule(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, valid = batch_images(batch)
         tok = self.ema.module
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with no_autocast(images.device):
             indices = tok.encode(images).indices
             for k in self.val_lengths:
                 psnr = psnr_per_image(tok.decode(indices, length=k), images)
@@ -395,10 +405,28 @@ class TokenizerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vartok"] = {"step_count": self.step_count, "tokenizer": self.tokenizer_config.to_dict()}
+        """The step counters (they key the per-step random draws) and the architecture; inside a gradient
+        accumulation (a validation or SLURM's signal between micro-batches) also the gradients summed so far,
+        which belong to the training state then. The training data's position is the data module's state."""
+        state = {"step_count": self.step_count, "micro_step": self.micro_step,
+                 "tokenizer": self.tokenizer_config.to_dict()}
+        if self.micro_step:
+            state["partial_grads"] = {name: param.grad.detach().cpu().clone()
+                                      for name, param in self.named_parameters() if param.grad is not None}
+        checkpoint["vartok"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.step_count = int(checkpoint.get("vartok", {}).get("step_count", 0))
+        state = checkpoint.get("vartok", {})
+        self.step_count = int(state.get("step_count", 0))
+        self.micro_step = int(state.get("micro_step", 0))
+        grads = state.get("partial_grads") or {}
+        for name, param in self.named_parameters():
+            if name in grads:
+                param.grad = grads[name].to(device=param.device, dtype=param.dtype)
+        if grads and self._trainer is not None and self.trainer.world_size > 1:
+            rank_zero_warn("this checkpoint was written inside a gradient accumulation and holds rank 0's partial "
+                           "gradients only, so the first step after the resume differs slightly from the "
+                           "uninterrupted run's; resume from a checkpoint written at a step (last.ckpt) to be exact.")
 
     def export_tokenizer(self, use_ema: bool = True) -> Tokenizer:
         """A standalone copy (EMA weights by default) with the architecture config, ready to save."""

@@ -80,6 +80,11 @@ class Optimization:
     lr: peak learning rate of AdamW; betas; weight_decay (never on norms, biases, tokens, embeddings).
     warmup_steps: linear warmup from 0; then cosine to lr * min_lr_ratio at the trainer's max_steps.
     grad_clip: max gradient norm (0 = off).
+    accumulate_grad_batches: micro-batches whose gradients are summed into one optimizer step (the global
+        batch is data.batch_size x devices x num_nodes x this). Training steps, schedules, EMA, checkpoints and
+        the trainer's max_steps count optimizer steps; the trainer's own `accumulate_grad_batches` does not
+        apply to vartok's manual optimization. Under DDP the micro-steps before the last skip the gradient
+        all-reduce. The adaptive GAN weight and LeCam's running means are computed per micro-batch.
     ema_decay: decay of the tokenizer's EMA (used for validation and export).
     linear_path_lr_scale: learning-rate factor of the global linear path (tokenizer.global_linear), no weight
         decay: its PCA weights are small (down to ~1e-3), and steps of the full lr would erase them.
@@ -94,6 +99,7 @@ class Optimization:
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    accumulate_grad_batches: int = 1
     ema_decay: float = 0.999
     linear_path_lr_scale: float = 0.01
     disc_lr: float | None = None
@@ -110,6 +116,9 @@ class Optimization:
                 f"optim.weight_decay, warmup_steps and grad_clip must be >= 0, got "
                 f"{self.weight_decay!r}, {self.warmup_steps!r}, {self.grad_clip!r}"
             )
+        steps = self.accumulate_grad_batches
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"optim.accumulate_grad_batches must be an integer >= 1, got {steps!r}")
         if not self.linear_path_lr_scale > 0:
             raise ValueError(f"optim.linear_path_lr_scale must be > 0, got {self.linear_path_lr_scale!r}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vartok.models.precision import no_autocast
 from vartok.models.quantizers.base import Quantizer, QuantizerOutput
 from vartok.models.quantizers.fsq import FSQQuantizer
 from vartok.models.quantizers.gq import GQQuantizer
@@ -304,15 +305,16 @@ def perturb_indices(
     check_delta(quantizer, delta)
     batch, length = indices.shape[:2]
     own = indices.reshape(batch, length, -1)  # (B, N, G)
-    chosen = torch.rand(batch, generator=generator) < beta  # (B,)
-    hit = torch.rand(own.shape, generator=generator) < alpha  # (B, N, G)
-    choice = torch.randint(0, delta, own.shape, generator=generator)  # (B, N, G)
+    cpu = generator.device  # draws on the generator's device (the CPU), the same on any accelerator
+    chosen = torch.rand(batch, generator=generator, device=cpu) < beta  # (B,)
+    hit = torch.rand(own.shape, generator=generator, device=cpu) < alpha  # (B, N, G)
+    choice = torch.randint(0, delta, own.shape, generator=generator, device=cpu)  # (B, N, G)
     replaced = hit & chosen[:, None, None]
     if not bool(replaced.any()):
         return indices.clone(), replaced
     where = replaced.nonzero(as_tuple=True)  # CPU index tensors
     device_where = tuple(w.to(indices.device) for w in where)
-    with torch.autocast(device_type=latents.device.type, enabled=False):
+    with no_autocast(latents.device):
         x = symbol_latents(quantizer, latents)[device_where]  # (M, C)
         old = own[device_where]  # (M,)
         others = neighbours_excluding_own(nearest_codes(quantizer, x, delta + 1), old)  # (M, δ)
@@ -332,7 +334,7 @@ def perturbed_codes(quantizer: Quantizer, codes: Tensor, indices: Tensor, replac
         (B, N, D): exactly the perturbed code's value at replaced tokens and `codes` elsewhere; the gradient
         w.r.t. `codes` is the identity everywhere (so the encoder is trained as with clean codes).
     """
-    with torch.autocast(device_type=codes.device.type, enabled=False):
+    with no_autocast(codes.device):
         new = quantizer.indices_to_codes(indices).detach().to(codes.dtype)  # (B, N, D)
     token = replaced.any(-1).to(codes.device)[..., None]  # (B, N, 1)
     return torch.where(token, new + (codes - codes.detach()), codes)

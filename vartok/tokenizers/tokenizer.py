@@ -102,7 +102,8 @@ class Tokenizer(nn.Module):
                   "global_linear": c.global_linear}
         encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
         decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
-                          heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels, **shared)
+                          heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels,
+                          drop_token=c.decode_fill == "mask_token", **shared)
         quantizer = build_quantizer(c.quantizer, dim, **c.quantizer_args)
         return cls(encoder, quantizer, decoder, length_policy, config)
 
@@ -206,7 +207,7 @@ class Tokenizer(nn.Module):
         codes = enc.codes
         if self.training and self.perturbation is not None:
             codes = self.perturbation(codes, enc.latents, enc.quantizer, step)
-        draw = self.length_policy.sample(images.shape[0], self.num_tokens, step, generator)
+        draw = self.length_policy.sample(images.shape[0], self.num_tokens, step, generator, images.device)
         if not self.training:
             draw = draw._replace(length=self.num_tokens, keep_len=None)
         decoder_codes = codes[:, : draw.length].to(codes.dtype)

@@ -11,6 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from vartok.models.precision import no_autocast
+
 
 class QuantizerOutput(NamedTuple):
     """Args:
@@ -49,7 +51,7 @@ class Quantizer(nn.Module):
             raise ValueError(f"quantizer input z must be (B, N, {self.dim}), got {tuple(z.shape)}")
         if mask is not None and (mask.shape != z.shape[:2] or mask.dtype != torch.bool):
             raise ValueError(f"mask must be bool (B, N) = {tuple(z.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with no_autocast(z.device):
             return self.quantize(z.float(), mask)
 
     def quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:  # pragma: no cover - abstract

@@ -1,5 +1,6 @@
-"""Vector quantization with a cosine-similarity (l2-normalised) low-dimensional codebook, through
-vector-quantize-pytorch's VectorQuantize (EMA codebook or learnable, dead-code reset)."""
+"""Vector quantization in a low-dimensional codebook space, through vector-quantize-pytorch's VectorQuantize:
+an EMA codebook with cosine similarity and dead-code reset, or a learnable codebook trained by the
+`codebook` loss (euclidean distance: the library does not combine cosine distance with a learnable codebook)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,26 @@ from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from vartok.models.quantizers import register_quantizer
-from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats
+from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats, masked_mean
 
 
 @register_quantizer("vq")
 class VQQuantizer(Quantizer):
-    """Nearest code by cosine similarity in a `codebook_dim`-wide space.
+    """Nearest code in a `codebook_dim`-wide space: by cosine similarity (ema=True) or euclidean distance
+    (ema=False).
 
     Args:
         dim: width D of the latents (projected to `codebook_dim` and back when they differ).
         codebook_size: number of codes K.
         codebook_dim: width of the codebook space (low-dim codebooks keep usage high).
-        ema: EMA codebook updates (True) or a learnable codebook trained by the `codebook` loss.
-        decay: EMA decay of the codebook.
-        dead_code_threshold: codes whose EMA cluster size falls below this are re-seeded from the batch.
+        ema: EMA codebook updates with cosine similarity (True), or a learnable codebook with euclidean
+            distance, trained by the `codebook` loss ||q - sg(z)||^2 (False; weight it with loss.codebook).
+        decay: EMA decay of the codebook (ema=True).
+        dead_code_threshold: codes whose EMA cluster size falls below this are re-seeded from the batch
+            (ema=True only: the library keeps no cluster sizes for a learnable codebook).
         sync_codebook: all-reduce the EMA statistics over ranks. None = decided from the world size when
             training starts (`configure_world_size`), never from a guess at construction.
-    Losses: `commit` (and `codebook` when not EMA), unweighted. Padded tokens (mask False) take no
+    Losses: `commit` ||z - sg(q)||^2 (and `codebook` when not EMA), unweighted. Padded tokens (mask False) take no
     part in the losses or the codebook update; their index is reported as 0.
     """
 
@@ -54,10 +58,12 @@ class VQQuantizer(Quantizer):
             "dim": codebook_dim,
             "codebook_size": codebook_size,
             "codebook_dim": codebook_dim,
-            "use_cosine_sim": True,
+            "use_cosine_sim": ema,
             "decay": decay,
             "threshold_ema_dead_code": dead_code_threshold,
-            "commitment_weight": 1.0,
+            # A learnable codebook gets our own commit and codebook terms (the library's commit loss would then
+            # train the codebook too, with the two terms fused under one weight).
+            "commitment_weight": 1.0 if ema else 0.0,
             "ema_update": ema,
             "learnable_codebook": not ema,
             "rotation_trick": False,
@@ -83,7 +89,12 @@ class VQQuantizer(Quantizer):
             padded = self.vq.get_output_from_indices(indices).to(low_codes.dtype)
             low_codes = torch.where(mask[..., None], low_codes, padded)
         codes = self.project_out(low_codes)  # (B, N, D)
-        losses = {"commit": breakdown.commitment}
+        if self.ema:
+            losses = {"commit": breakdown.commitment}
+        else:
+            chosen = self.vq.get_codes_from_indices(indices)  # (B, N, codebook_dim), differentiable codebook
+            losses = {"commit": masked_mean((low - chosen.detach()) ** 2, mask),
+                      "codebook": masked_mean((chosen - low.detach()) ** 2, mask)}
         return QuantizerOutput(codes, indices, losses, index_stats(indices.detach(), mask, self.codebook_size))
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
