@@ -77,8 +77,11 @@ class VQQuantizer(Quantizer):
         if self.vq._codebook.use_ddp == sync:
             return
         state = self.vq.state_dict()
+        trainable = {name: p.requires_grad for name, p in self.vq.named_parameters()}  # a frozen (EMA) copy stays so
         self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=sync).to(next(iter(state.values())).device)
         self.vq.load_state_dict(state)
+        for name, param in self.vq.named_parameters():
+            param.requires_grad_(trainable[name])
 
     def quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:
         low = self.project_in(z)  # (B, N, codebook_dim)
