@@ -25,7 +25,7 @@ class VQQuantizer(Quantizer):
             distance, trained by the `codebook` loss ||q - sg(z)||^2 (False; weight it with loss.codebook).
         decay: EMA decay of the codebook (ema=True).
         dead_code_threshold: codes whose EMA cluster size falls below this are re-seeded from the batch
-            (ema=True only: the library keeps no cluster sizes for a learnable codebook).
+            (after the batch's codes were chosen; 0 = never).
         sync_codebook: all-reduce the EMA statistics over ranks. None = decided from the world size when
             training starts (`configure_world_size`), never from a guess at construction.
     Losses: `commit` ||z - sg(q)||^2 (and `codebook` when not EMA), unweighted. Padded tokens (mask False) take no
