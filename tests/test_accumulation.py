@@ -72,3 +72,33 @@ def test_accumulation_is_not_the_mean_of_one_micro_batch() -> None:
 def test_bad_accumulation_setting_is_one_sentence() -> None:
     with pytest.raises(ValueError, match="optim.accumulate_grad_batches must be an integer >= 1, got 0"):
         Optimization(accumulate_grad_batches=0)
+
+
+def test_periodic_callbacks_run_once_per_step_not_per_micro_batch(tmp_path) -> None:
+    from vartok.metrics.callbacks import EvaluationCallback
+    from vartok.tokenizers.callbacks import ReconstructionGrid
+
+    evaluation = EvaluationCallback(every_n_steps=1, num_images=4, metrics=["psnr"], batch_size=4,
+                                    cache_reference=False, at_fit_end=False)
+    grid = ReconstructionGrid(every_n_steps=1, num_images=2)
+    seen: list[tuple[str, int, int]] = []
+    evaluate, fixed_batch = evaluation.evaluate, grid._fixed_batch
+
+    def spy_evaluate(trainer, module):
+        seen.append(("eval", module.step_count, module.micro_step))
+        return evaluate(trainer, module)
+
+    def spy_grid(trainer):  # the grid's first call after its step check
+        seen.append(("grid", trainer.lightning_module.step_count, trainer.lightning_module.micro_step))
+        return fixed_batch(trainer)
+
+    evaluation.evaluate, grid._fixed_batch = spy_evaluate, spy_grid
+    module = TokenizerModule(preset="demo_tiny", optim=Optimization(lr=1e-3, warmup_steps=0, accumulate_grad_batches=2))
+    data = DataLoader([{"image": image} for image in IMAGES[:24]], batch_size=4, shuffle=False)
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=3, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=1, callbacks=[evaluation, grid])
+    trainer.fit(module, data, data)
+    assert [step for name, step, micro in seen if name == "eval"] == [1, 2, 3]
+    assert [step for name, step, micro in seen if name == "grid"] == [1, 2, 3]
+    assert all(micro == 0 for _, _, micro in seen)

@@ -1,7 +1,8 @@
 """`vartok-train` (= `python train.py`): LightningCLI over TokenizerModule and ImageDataModule.
 
-At the end of `fit`, the EMA tokenizer is exported to `<run dir>/export/`, evaluated on the validation
-data, and the report (report.json, rd.png, grid.png, a printed table) written to `<run dir>/report/`.
+At the end of `fit`, the EMA tokenizer is exported to `<run dir>/export/` and evaluated on the validation
+data (the first `report_images` images, or all) by every rank on its device, and rank 0 writes the report
+(report.json, rd.png, grid.png, a printed table) to `<run dir>/report/` (vartok.metrics.fit_report).
 The run dir is `trainer.default_root_dir`.
 """
 
@@ -12,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningCLI
 
 from vartok.data import ImageDataModule
@@ -23,45 +25,69 @@ from vartok.tokenizers.module import TokenizerModule
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
-def export_and_report(module: TokenizerModule, datamodule: ImageDataModule, run_dir: Path, metrics: list[str]) -> dict:
-    """Export the EMA tokenizer and evaluate it on the validation shards; returns the report."""
-    from vartok.data import val_loader
-    from vartok.metrics.evaluation import evaluate
+def export_and_report(trainer: Trainer, module: TokenizerModule, run_dir: Path, metrics: list[str],
+                      num_images: int | None = None) -> dict:
+    """Export the EMA tokenizer (rank 0 writes `<run dir>/export/`) and evaluate it on the validation subset
+    (the first `num_images` validation images, or all); call on every rank. Returns the report."""
+    from vartok.metrics.fit_report import evaluate_after_fit
 
-    tokenizer = module.export_tokenizer(use_ema=True)
-    export_dir = tokenizer.save_pretrained(run_dir / "export")
-    print(f"exported the EMA tokenizer to {export_dir}")
-    if datamodule._val_urls is None:
-        print("no validation shards: skipping the end-of-fit report")
-        return {}
-    loader = val_loader(datamodule._val_urls, datamodule.image_size, datamodule.val_batch_size, num_workers=0,
-                        rank=0, world_size=1)
-    return evaluate(tokenizer, loader, pow2_lengths(tokenizer.num_tokens), metrics=metrics, device="cpu",
-                    out_dir=run_dir / "report", distributed=False)
+    tokenizer = module.export_tokenizer(use_ema=True)  # on every rank: each evaluates its share of the images
+    if trainer.is_global_zero:
+        export_dir = tokenizer.save_pretrained(run_dir / "export")
+        print(f"exported the EMA tokenizer to {export_dir}")
+    lengths = pow2_lengths(tokenizer.num_tokens)
+    return evaluate_after_fit(trainer, tokenizer, lengths, run_dir / "report", metrics, num_images)
 
 
 class VartokCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--report_metrics", type=list[str], default=["psnr", "ssim"],
+        from typing import Literal
+
+        from jsonargparse.typing import PositiveInt
+
+        parser.add_argument("--report_metrics", type=list[Literal["psnr", "ssim", "lpips", "rfid"]],
+                            default=["psnr", "ssim"],
                             help="metrics of the end-of-fit report (psnr, ssim, lpips, rfid)")
+        parser.add_argument("--report_images", type=PositiveInt | None, default=None,
+                            help="images of the end-of-fit report: the first N of the validation shards, in "
+                                 "shard order, split over the ranks (default: all)")
         parser.add_argument("--skip_report", type=bool, default=False, help="do not export/evaluate after fit")
 
     def instantiate_trainer(self, **kwargs):
-        """Default loggers: TensorBoard + CSV under `<run dir>/logs` (a config's own loggers win)."""
+        """Default loggers: TensorBoard + CSV under `<run dir>/logs` (a config's own loggers win).
+
+        One fixed folder (version ""), so that a resumed run, its checkpoints (`logs/checkpoints`) and
+        `--ckpt_path last` find the same place; TensorBoard adds an events file there, and the CSV logger
+        continues metrics.csv (Lightning's deletes it when the folder is not empty).
+        """
+        # The shipped configs write last.ckpt every N training steps; under manual optimization Lightning warns
+        # at each such save that the weights are those after the optimizer step, which is the state we resume.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            from vartok.cli.logs import ContinuingCSVLogger
 
             root = trainer_config.get("default_root_dir") or "runs/default"
-            kwargs["logger"] = [TensorBoardLogger(root, name="logs", version=""), CSVLogger(root, name="logs", version="")]
+            kwargs["logger"] = [TensorBoardLogger(root, name="logs", version=""),
+                                ContinuingCSVLogger(root, name="logs", version="")]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Settings that cannot work stop here, before the data, the PCA or the first step."""
+        from vartok.tokenizers.strategy import check_accumulation, check_strategy
+
+        check_accumulation(self.trainer)
+        check_strategy(self.trainer)
 
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, self.config)
-        if config.get("skip_report") or not self.trainer.is_global_zero:
+        if config.get("skip_report"):
             return
         run_dir = Path(self.trainer.default_root_dir)
-        export_and_report(self.model, self.datamodule, run_dir, list(config.get("report_metrics")))
+        export_and_report(self.trainer, self.model, run_dir, list(config.get("report_metrics")),
+                          config.get("report_images"))
 
 
 def main(args: list[str] | None = None) -> None:

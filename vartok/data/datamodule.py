@@ -4,13 +4,20 @@ Batches are ``{"image": uint8 (B,3,H,W), "valid": bool (B,), "key": list[str]}``
 device (``batch["image"].float() / 255``). Training batches are all valid. Validation batches are full-size and
 padded with ``valid=False`` samples so that every rank runs the same number of steps while each image is
 counted exactly once: weight per-sample metrics by ``valid``.
+
+Every checkpoint holds the training stream's position (`state_dict`: the epoch, the batches of it the trainer
+has trained on, and the settings that define the stream), so a run resumed from any step reads exactly the
+batches the interrupted run would have read next.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+import zlib
 from collections import Counter
+from pathlib import PurePosixPath
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -23,9 +30,13 @@ from vartok.data.splitting import dist_info
 
 log = logging.getLogger("vartok.data")
 DEMO = "demo"
+STREAM_KEY = "train_stream"  # this module's entry in a checkpoint's datamodule state
 # Our streams report exact per-rank lengths (each worker yields a planned share), so Lightning's generic
 # caution about IterableDataset.__len__ with several workers does not apply.
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+# The stream position travels in the datamodule's state (see `state_dict`), which Lightning does not count
+# when it warns that a mid-epoch resume replays data.
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -83,6 +94,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.max_skip_fraction, self.shuffle_buffer, self.resampled = max_skip_fraction, shuffle_buffer, resampled
         self.max_pixels, self.demo_dir = max_pixels, demo_dir
         self._loaders: dict[str, ImageLoader] = {}
+        self._resume: dict[str, Any] | None = None  # the stream position restored from a checkpoint
         if self.uses_demo and image_size != DEMO_SIZE:
             log.warning("the demo crops are %d px; image_size=%d resizes them", DEMO_SIZE, image_size)
 
@@ -92,7 +104,15 @@ class ImageDataModule(pl.LightningDataModule):
             demo_shards(self.demo_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Resolve the demo shards (building them if prepare_data did not run on this node)."""
+        """Resolve the demo shards (building them if prepare_data did not run on this node).
+
+        Lightning calls this before it restores a checkpoint, so a position left from an earlier fit is
+        dropped here.
+        """
+        self._resume = None
+        self._resolve_demo()
+
+    def _resolve_demo(self) -> None:
         if self.uses_demo:
             demo = demo_shards(self.demo_dir)
             if self.train_shards == DEMO:
@@ -110,10 +130,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _urls(self, split: str) -> list[str] | None:
         if (self._train_urls if split == "train" else self._val_urls) is None and self.uses_demo:
-            self.setup()
+            self._resolve_demo()
         return self._train_urls if split == "train" else self._val_urls
 
     def train_dataloader(self) -> ImageLoader:
+        self._check_resumable()
         rank, world_size = self._rank_world()
         if not self.resampled and world_size > 1:
             log.warning("resampled=False with %d ranks: ranks may get different numbers of batches per epoch "
@@ -124,8 +145,62 @@ class ImageDataModule(pl.LightningDataModule):
             resampled=self.resampled, rank=rank, world_size=world_size, max_pixels=self.max_pixels,
             max_skip_fraction=self.max_skip_fraction, pin_memory=torch.cuda.is_available(),
             epoch_fn=self._current_epoch)
+        if self._resume is not None:
+            loader.resume_at(self._resume["epoch"], self._resume["consumed"])
         self._loaders["train"] = loader
         return loader
+
+    # ------------------------------------------------------------------ resume
+    def stream_settings(self) -> dict[str, Any]:
+        """What defines the training stream's order: a resume with other values reads other batches."""
+        _, world_size = self._rank_world()
+        names = "/".join(PurePosixPath(url).name for url in self._train_urls or [])
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": world_size,
+                "num_workers": self.num_workers, "epoch_size": self.epoch_size, "image_size": self.image_size,
+                "shuffle_buffer": self.shuffle_buffer, "flip": self.flip, "resampled": self.resampled,
+                "shards": f"{len(self._train_urls or [])} shards, crc32 {zlib.crc32(names.encode()):08x}"}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position, written into every checkpoint by Lightning.
+
+        `consumed` is the trainer's count of this epoch's batches that went through a training step, not the
+        loader's: the loader runs ahead of the step (DataLoader workers, Lightning's fetcher), and a checkpoint
+        written in the middle of a step (SLURM's signal) must resume at the batch of that step.
+        """
+        trainer = self.trainer
+        if trainer is None:  # used without Lightning
+            return {}
+        loader = self._loaders.get("train")
+        epoch, consumed = trainer.current_epoch, 0
+        if loader is not None and loader.current_epoch is not None:
+            epoch = loader.current_epoch
+            consumed = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {STREAM_KEY: {"epoch": int(epoch), "consumed": consumed, "settings": self.stream_settings()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the checkpoint's stream position for the next training loader; warn if the stream changed."""
+        position = state_dict.get(STREAM_KEY)
+        if position is None:
+            return
+        self._resume = position
+        saved, now = position.get("settings", {}), self.stream_settings()
+        changed = [f"{name} {saved.get(name)} -> {value}" for name, value in now.items()
+                   if saved.get(name) != value]
+        if changed and self._is_global_zero():
+            log.warning("the training stream's settings differ from the checkpoint's (%s), so the data order "
+                        "from here on differs from the interrupted run's", ", ".join(changed))
+
+    def _check_resumable(self) -> None:
+        trainer = self.trainer
+        if self._resume is None and trainer is not None and trainer.ckpt_path is not None \
+                and trainer.state.fn == "fit":
+            raise DataError(f"the checkpoint {trainer.ckpt_path} has no training-stream position (it was "
+                            "written before vartok saved one), so resuming from it would replay the interrupted "
+                            "epoch's data from its start; resume from a checkpoint written by this version of "
+                            "vartok, or start a new run.")
+
+    def _is_global_zero(self) -> bool:
+        return self.trainer.is_global_zero if self.trainer is not None else dist_info()[0] == 0
 
     def val_dataloader(self) -> ImageLoader | list:
         urls = self._urls("val")

@@ -1,7 +1,8 @@
 """DataLoaders over the shard streams, usable with or without Lightning.
 
 `ImageLoader` merges the skip counts that workers attach to their batches, stops with one clear sentence when
-too many samples are broken, and tells the training stream which epoch it is reading. `train_loader` and
+too many samples are broken, and tells the training stream which epoch it is reading and, after a resume,
+how many of that epoch's batches the trainer already trained on (`ImageLoader.resume_at`). `train_loader` and
 `val_loader` build them from shard arguments; the evaluation CLI uses `val_loader` directly.
 """
 
@@ -38,16 +39,42 @@ class ImageLoader(DataLoader):
         self.counter = SkipCounter(name, max_skip_fraction)
         self.epoch_fn = epoch_fn
         self.passes = 0
+        self.current_epoch: int | None = None  # the epoch of the latest pass (None before the first)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        """Make the first pass, if it reads `epoch`, start after that epoch's first `consumed` batches.
+
+        A resumed trainer asks for the rest of an interrupted epoch; the position is applied once, and only to
+        the epoch it belongs to (a checkpoint written at an epoch's end resumes into the next epoch whole).
+
+        Args:
+            epoch: the epoch the checkpoint was written in.
+            consumed: batches of that epoch the trainer had trained on (its count, not this loader's: the
+                trainer fetches ahead).
+        """
+        self._resume = (int(epoch), int(consumed))
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        self.dataset.epoch = self.passes if epoch is None else epoch  # workers copy the dataset after this
-        self.passes += 1
-        return self._clean(super().__iter__())
+        return self._pass()
 
-    def _clean(self, batches: Iterator[dict]) -> Iterator[dict]:
+    def _pass(self) -> Iterator[dict]:
+        # A generator: the epoch is read at the first batch, not at iter(). On a resume Lightning calls iter()
+        # before it settles which epoch it is in (a checkpoint written after an epoch's last step resumes into
+        # the next epoch only once its loops are reset).
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch = self.passes if epoch is None else epoch
+        skip = 0
+        if self._resume is not None:
+            (resume_epoch, consumed), self._resume = self._resume, None
+            skip = consumed if resume_epoch == epoch else 0
+        self.dataset.epoch = epoch  # workers copy the dataset after this
+        if isinstance(self.dataset, TrainStream):
+            self.dataset.skip_batches = skip
+        self.current_epoch = epoch
+        self.passes += 1
         try:
-            for batch in batches:
+            for batch in super().__iter__():
                 self.counter.merge(batch.pop(STATS_KEY, {}))
                 self.counter.check()
                 yield batch

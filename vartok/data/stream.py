@@ -8,6 +8,7 @@ worker), shuffles through a seeded buffer, and in resampled mode yields a fixed 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -99,6 +100,11 @@ def with_trailing_stats(batches: Iterator[dict], counter: SkipCounter) -> Iterat
         yield held
 
 
+def share(batches: int, worker: int, workers: int) -> int:
+    """How many of the first `batches` batches of a pass come from `worker` (batch i is worker i % workers')."""
+    return batches // workers + int(worker < batches % workers)
+
+
 def shuffled(items: Iterator, buffer_size: int, rng: np.random.Generator) -> Iterator:
     """Shuffle a stream through a buffer: yield a random buffered item for every new one, then the rest."""
     if buffer_size <= 1:
@@ -145,6 +151,7 @@ class TrainStream(IterableDataset):
         self.batches_per_rank, self.rank, self.world_size = batches_per_rank, rank, world_size
         self.max_pixels, self.max_skip_fraction = max_pixels, max_skip_fraction
         self.epoch = 0  # set by the loader before each pass
+        self.skip_batches = 0  # batches of this epoch already trained on (a resume); set by the loader
 
     def __len__(self) -> int:
         if self.batches_per_rank is None:
@@ -153,15 +160,22 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_info()
+        # The DataLoader takes batch i of a pass from worker i % workers. A pass that starts after `skip`
+        # batches must go on with batch `skip` of the uninterrupted epoch, so this worker plays the part of
+        # worker (worker + skip) % workers: same shards, same RNG, minus that worker's share of the skipped
+        # batches, which it decodes and drops (the crops consume the RNG, so skipping undecoded would not be
+        # exact).
+        worker = (worker + self.skip_batches) % workers
         slot, slots = self.rank * workers + worker, self.world_size * workers
         counter = SkipCounter("train", self.max_skip_fraction)
         rng = epoch_rng(self.seed, self.epoch, 1, self.rank, worker)
+        limit = None if self.batches_per_rank is None else share(self.batches_per_rank, worker, workers)
+        drop = share(self.skip_batches, worker, workers)
+        if limit is not None and drop >= limit:
+            return  # this worker's share of the epoch was all trained on before the resume
         raw = self._raw_samples(slot, slots, counter)
-        limit = None
-        if self.batches_per_rank is not None:
-            limit = self.batches_per_rank // workers + int(worker < self.batches_per_rank % workers)
         batches = self._batches(shuffled(raw, self.shuffle_buffer, rng), rng, counter, limit)
-        yield from with_trailing_stats(batches, counter)
+        yield from with_trailing_stats(itertools.islice(batches, drop, None), counter)
 
     def _raw_samples(self, slot: int, slots: int, counter: SkipCounter) -> Iterator[dict]:
         cycle = 0

@@ -1,5 +1,5 @@
 """Everything that measures: PSNR/SSIM/LPIPS, rFID/pFID, rate, codec baselines, the evaluation loop and
-its report (SPEC.md §4).
+its report.
 
 Submodules are imported lazily (``from vartok.metrics import evaluate`` loads only what it needs), so a
 training module that only wants the LPIPS loss does not import matplotlib or torch-fidelity.
@@ -13,6 +13,9 @@ from typing import Any
 _EXPORTS = {
     "evaluate": "vartok.metrics.evaluation",
     "check_lengths": "vartok.metrics.evaluation",
+    "evaluate_after_fit": "vartok.metrics.fit_report",
+    "ShardSubset": "vartok.metrics.subset",
+    "LoaderSubset": "vartok.metrics.subset",
     "METRICS": "vartok.metrics.evaluation",
     "FIDBank": "vartok.metrics.fid",
     "build_inception": "vartok.metrics.fid",

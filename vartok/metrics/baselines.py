@@ -1,4 +1,4 @@
-"""Codec baselines on the same images (SPEC.md §4): Pillow JPEG, Pillow WebP, bicubic thumbnails.
+"""Codec baselines on the same images: Pillow JPEG, Pillow WebP, bicubic thumbnails.
 
 - JPEG and WebP: Pillow's encoder at a sweep of qualities; the rate is the WHOLE FILE as written (headers
   included), decoded back with Pillow.

@@ -7,10 +7,11 @@
 Every `every_n_steps` training steps (the module's `step_count`), every rank evaluates its share of a fixed
 subset of the validation data with :func:`vartok.metrics.evaluation.evaluate`; the statistics are torchmetrics
 states synced over ranks, so each image of the subset counts exactly once and every rank logs the same
-numbers (`eval/<metric>_<k>`, and `eval/<metric>` for the full length). The subset is the first images of
-each rank's validation split (the split is exact over ranks, see `vartok.data.val_loader`), read once and kept
-in memory. The originals' Inception statistics are cached in `<run dir>/fid_stats/` by a key of the subset's
-pixels, resolution, Inception weights file and feature layer.
+numbers (`eval/<metric>_<k>`, and `eval/<metric>` for the full length). The subset is the first `num_images`
+samples of the validation shards in shard order, whatever the number of ranks (`vartok.metrics.subset`; with
+another validation loader, the first images of each rank's split), read once and kept in memory. The
+originals' Inception statistics are cached in `<run dir>/fid_stats/` by a key of the subset's pixels,
+resolution, Inception weights file and feature layer.
 
 The frozen networks are built when fit starts: a missing Inception or VGG weights file is then one clear
 error naming the file, the folder searched and the flag — or, with ``missing_weights: unavailable``, the
@@ -31,6 +32,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from vartok.metrics.evaluation import check_metrics, evaluate
+from vartok.metrics.subset import validation_subset
 from vartok.metrics.weights import WeightsNotFoundError
 
 MISSING_WEIGHTS = ("error", "unavailable")
@@ -41,13 +43,8 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _quota(num_images: int, rank: int, world: int) -> int:
-    """Images of the subset that rank `rank` takes from its own validation split."""
-    return num_images // world + int(rank < num_images % world)
-
-
 class EvaluationCallback(pl.Callback):
-    """Periodic evaluation of the EMA tokenizer (SPEC.md §4 metrics) during training.
+    """Periodic evaluation of the EMA tokenizer during training.
 
     Args:
         every_n_steps: period in training steps (> 0); also evaluated at the end of fit when
@@ -55,8 +52,9 @@ class EvaluationCallback(pl.Callback):
         num_images: size of the fixed validation subset over all ranks (> 0; fewer if the data is smaller).
         lengths: token counts to evaluate (None = the full length N only).
         metrics: any of "psnr", "ssim", "lpips", "rfid", "pfid".
-        pfid_alpha, pfid_delta, pfid_seeds: the pFID protocol (SPEC.md §4): one FID per token-error rate α
-            with the δ nearest codes, mean over the seeds; logged as `eval/pfid_<α>` beside `eval/rfid`.
+        pfid_alpha, pfid_delta, pfid_seeds: the pFID protocol (docs/perturbation.md): one FID per
+            token-error rate α with the δ nearest codes, mean over the seeds; logged as `eval/pfid_<α>` beside
+            `eval/rfid`.
         inception_weights: the Inception-v3 FID weights file (None = the torch hub cache).
         lpips_weights: the VGG16 (or full LPIPS) weights file for LPIPS (None = the torch hub cache).
         fid_feature: Inception feature layer (2048 = the standard FID).
@@ -112,6 +110,7 @@ class EvaluationCallback(pl.Callback):
         self.last_report: dict | None = None
         self.last_step: int | None = None
         self._subset: list[dict[str, Any]] | None = None
+        self.subset_info: dict[str, Any] | None = None
         self._data_id: str | None = None
 
     # ------------------------------------------------------------------ networks (at the start of fit)
@@ -151,49 +150,20 @@ class EvaluationCallback(pl.Callback):
 
     # ------------------------------------------------------------------ the fixed subset
     def subset(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
-        """This rank's share of the fixed validation subset, as batches of valid uint8 images (read once)."""
+        """This rank's share of the fixed validation subset (vartok.metrics.subset), as batches of valid
+        uint8 images, read once and kept."""
         if self._subset is None:
-            rank, world = trainer.global_rank, trainer.world_size
-            images, keys = self._collect(self._source(trainer), _quota(self.num_images, rank, world))
-            size = self.batch_size
-            self._subset = [
-                {"image": images[i : i + size], "key": keys[i : i + size],
-                 "valid": torch.ones(len(keys[i : i + size]), dtype=torch.bool)}
-                for i in range(0, len(keys), size)
-            ]
-            self._data_id = self._identify(images)
+            source = validation_subset(trainer, self.num_images, self.batch_size, trainer.global_rank,
+                                       trainer.world_size)
+            if source is None:
+                raise ValueError("EvaluationCallback needs validation data: give data.val_shards "
+                                 "(or a val_dataloader)")
+            self._subset = list(source)
+            self.subset_info = source.describe()
+            images = [batch["image"] for batch in self._subset]
+            empty = torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+            self._data_id = self._identify(torch.cat(images) if images else empty)
         return self._subset
-
-    def _source(self, trainer: pl.Trainer) -> Any:
-        datamodule = getattr(trainer, "datamodule", None)
-        loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        if loader is None:
-            raise ValueError("EvaluationCallback needs validation data: give data.val_shards "
-                             "(or a val_dataloader)")
-        return loader
-
-    @staticmethod
-    def _collect(loader: Any, quota: int) -> tuple[Tensor, list[str]]:
-        images, keys, have = [], [], 0
-        if quota > 0:
-            for batch in loader:
-                batch_images = batch["image"] if isinstance(batch, dict) else batch
-                valid = batch.get("valid") if isinstance(batch, dict) else None
-                valid = torch.ones(batch_images.shape[0], dtype=torch.bool) if valid is None else valid.bool()
-                batch_keys = batch.get("key") if isinstance(batch, dict) else None
-                batch_keys = list(batch_keys) if batch_keys is not None else [""] * batch_images.shape[0]
-                take = valid.nonzero().flatten()[: quota - have].tolist()
-                images.append(batch_images[take].cpu())
-                keys += [batch_keys[i] for i in take]
-                have += len(take)
-                if have >= quota:
-                    break
-        stacked = torch.cat(images) if images else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
-        if stacked.dtype != torch.uint8:
-            raise ValueError(f"EvaluationCallback expects uint8 validation images, got {stacked.dtype}")
-        return stacked, keys
 
     @staticmethod
     def _identify(images: Tensor) -> str:
@@ -226,6 +196,7 @@ class EvaluationCallback(pl.Callback):
             fid_network=self.networks["inception"], lpips_net=self.networks["lpips"],
             fid_feature=self.fid_feature,
             fid_stats_dir=stats_dir, data_id=self._data_id, baselines=False, grid_images=0, show=False,
+            subset=self.subset_info,
         )
         report["unavailable"] = {**self.unavailable, **report.get("unavailable", {})}
         self.last_report, self.last_step = report, _step(trainer, pl_module)
@@ -268,7 +239,9 @@ class EvaluationCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if _step(trainer, pl_module) % self.every_n_steps == 0:
+        # Inside a gradient accumulation (micro_step > 0) the step is not complete: the step count stays the same
+        # over its micro-batches, and the evaluation belongs after the last one.
+        if getattr(pl_module, "micro_step", 0) == 0 and _step(trainer, pl_module) % self.every_n_steps == 0:
             report = self.evaluate(trainer, pl_module)
             # Already synced over ranks (identical everywhere): no second reduction.
             values = self.figures(report, int(report["tokenizer"]["num_tokens"]))

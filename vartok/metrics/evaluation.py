@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,24 +26,24 @@ from torchmetrics import Metric, SumMetric
 from vartok.metrics import fid as fid_lib
 from vartok.metrics.baselines import BaselineStats
 from vartok.metrics.codebook import CodebookStats
-from vartok.metrics.lpips_net import LPIPS
+from vartok.metrics.eval_support import (
+    build_networks,
+    gather_skipped,
+    progress,
+    rank_world,
+    reference_cache,
+    save_reference,
+)
 from vartok.metrics.pfid import Perturbation, perturb
 from vartok.metrics.quality import QualityMeter
 from vartok.metrics.rate import bits_per_pixel, bytes_per_image
 from vartok.metrics.report import finish_report
-from vartok.metrics.weights import WeightsNotFoundError
 
 METRICS = ("psnr", "ssim", "lpips", "rfid", "pfid")
 
 
 def _never() -> bool:
     return False
-
-
-def _rank_world(distributed: bool = True) -> tuple[int, int]:
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -84,7 +82,7 @@ class Evaluation:
         self.tok, self.lengths, self.device = tokenizer, lengths, device
         self.bits = float(tokenizer.bits_per_token)
         self.budgets = [bytes_per_image(k, self.bits) for k in lengths]
-        self.rank, self.world = _rank_world(distributed)
+        self.rank, self.world = rank_world(distributed)
         self.distributed = distributed
         lpips_net = networks.get("lpips")
         lpips_net = lpips_net.to(device) if lpips_net is not None else None
@@ -187,7 +185,8 @@ class Evaluation:
                 out["lengths"][str(k)] = entry
             if self.fid is not None and num_images >= 2:
                 self._pfid(out["lengths"])
-            out["codebook"] = self.codebook.compute() if self.codebook is not None else {}
+            codebook = self._shared_codebook()
+            out["codebook"] = codebook.compute() if codebook is not None else {}
             if self.baselines is not None:
                 base = self.baselines.compute()
                 out["baselines"] = base["curves"]
@@ -196,37 +195,24 @@ class Evaluation:
                     out["lengths"][str(k)]["baselines"] = base["best"][budget]
         return out
 
+    def _shared_codebook(self) -> CodebookStats | None:
+        """The codebook statistics, also on a rank that saw no image while others did (every rank must sync
+        the same metrics in the same order, or the collectives would wait forever)."""
+        shape = None if self.codebook is None else (self.codebook.num_tokens, self.codebook.groups)
+        if self.world > 1:
+            everyone: list[tuple[int, int] | None] = [None] * self.world
+            torch.distributed.all_gather_object(everyone, shape)
+            shape = next((tuple(s) for s in everyone if s is not None), None)
+        if self.codebook is None and shape is not None:
+            self.codebook = CodebookStats(int(self.tok.codebook_size), *shape).to(self.device)
+        return self.codebook
+
     def _pfid(self, lengths: dict) -> None:
         for name in self.perturbations:
             for k in self.pfid_lengths:
                 per_seed = [self.fid.compute(f"pfid/{name}/{s}/{k}") for s in self.pfid_seeds]
                 entry = {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed, "seeds": self.pfid_seeds}
                 lengths[str(k)].setdefault("pfid", {})[name] = entry
-
-
-def _build_networks(metrics: set[str], unavailable: dict[str, str], opts: dict) -> dict[str, nn.Module | None]:
-    """The frozen LPIPS and Inception networks the requested metrics need, or the reason they are absent.
-    A missing file that the user named explicitly, or a file of the wrong shape, is an error."""
-    nets: dict[str, nn.Module | None] = {"lpips": opts.get("lpips_net"), "inception": opts.get("fid_network")}
-    if "lpips" in metrics and nets["lpips"] is None:
-        try:
-            nets["lpips"] = LPIPS(vgg_weights=opts.get("lpips_weights"), allow_download=opts["allow_download"])
-        except WeightsNotFoundError as err:
-            if opts.get("lpips_weights") is not None:
-                raise
-            unavailable["lpips"] = str(err)
-    if metrics & {"rfid", "pfid"} and nets["inception"] is None:
-        try:
-            nets["inception"] = fid_lib.build_inception(
-                opts.get("inception_weights"), opts["fid_feature"], opts["allow_download"]
-            )
-        except WeightsNotFoundError as err:
-            if opts.get("inception_weights") is not None:
-                raise
-            unavailable.update({m: str(err) for m in ("rfid", "pfid") if m in metrics})
-    if not metrics & {"rfid", "pfid"}:
-        nets["inception"] = None
-    return nets
 
 
 def evaluate(
@@ -253,6 +239,7 @@ def evaluate(
     grid_images: int = 8,
     show: bool = True,
     distributed: bool = True,
+    subset: dict | None = None,
 ) -> dict:
     """Evaluate a tokenizer at several token counts on a validation loader.
 
@@ -280,8 +267,9 @@ def evaluate(
         distributed: sync the figures over the torch.distributed group when there is one (every rank must
             call `evaluate` with its share of the data); False = this process's images only, e.g. when only
             rank 0 evaluates after a DDP fit (syncing would then wait for the other ranks forever).
+        subset: how the loader's images were chosen (vartok.metrics.subset), written as the report's "subset".
     Returns:
-        The report dict (schema in DESIGN.md): identical on every rank.
+        The report dict (schema in vartok.metrics.report): identical on every rank.
     """
     metrics = check_metrics(metrics)
     num_tokens = int(tokenizer.num_tokens)
@@ -295,91 +283,27 @@ def evaluate(
         unavailable["pfid"] = "no latent perturbation was given (pfid needs perturbations=...)"
     opts = {"lpips_net": lpips_net, "fid_network": fid_network, "lpips_weights": lpips_weights,
             "inception_weights": inception_weights, "allow_download": allow_download, "fid_feature": fid_feature}
-    networks = _build_networks(metrics, unavailable, opts)
+    networks = build_networks(metrics, unavailable, opts)
     variants = dict(perturbations or {}) if "pfid" in metrics else {}
     run = Evaluation(tokenizer, lengths, metrics, device, networks, variants, list(pfid_seeds), pfid_lengths,
                      baselines, baseline_images, grid_images, distributed)
-    stats_file = _reference_cache(run, fid_stats_dir, data_id)
+    stats_file = reference_cache(run, fid_stats_dir, data_id)
     was_training = getattr(tokenizer, "training", False)
     if isinstance(tokenizer, nn.Module):
         tokenizer.to(device).eval()
     try:
-        for index, batch in enumerate(_progress(loader, show and run.rank == 0)):
+        for index, batch in enumerate(progress(loader, show and run.rank == 0)):
             run.step(batch, index)
     finally:
         if isinstance(tokenizer, nn.Module):
             tokenizer.train(was_training)
     run.keep_local()
-    _save_reference(run, stats_file, unavailable)
+    save_reference(run, stats_file, unavailable)
     report = run.results()
     for name in ("rfid", "pfid"):
         if name in metrics and name not in unavailable and run.fid is not None and report["num_images"] < 2:
             unavailable[name] = f"FID needs at least 2 images, the set has {report['num_images']}"
-    report["skipped"] = _gather_skipped(loader, distributed)
+    report["skipped"] = gather_skipped(loader, distributed)
+    if subset is not None:
+        report["subset"] = dict(subset)
     return finish_report(report, tokenizer, unavailable, run.grid, out_dir, show and run.rank == 0, run.rank)
-
-
-def _reference_cache(run: Evaluation, cache_dir: str | os.PathLike | None, data_id: str | None) -> Path | None:
-    """Load the originals' statistics from the cache when present; the file to write otherwise."""
-    if run.fid is None or cache_dir is None or data_id is None:
-        return None
-    weights = getattr(run.fid.network, "weights_path", None)
-    if weights is None:
-        return None
-    path = fid_lib.reference_stats_path(cache_dir, data_id, int(run.tok.image_size), "all", weights,
-                                        run.fid.num_features)
-    state = fid_lib.load_reference_stats(path)
-    if state is not None:
-        run.fid.load_reference(state, run.rank)
-        return path
-    return path
-
-
-def _save_reference(run: Evaluation, path: Path | None, unavailable: dict[str, str]) -> None:
-    """Write freshly computed reference statistics; check a loaded file against the images seen."""
-    if path is None:
-        return
-    state = run.fid.reference_state()  # synced: identical on every rank
-    if run.fid.reference_loaded:
-        seen = int(run.images.compute())
-        if int(state["count"]) != seen:
-            msg = (f"the cached Inception statistics {path} hold {int(state['count'])} images but the data gave "
-                   f"{seen}; the file was removed, run again to recompute it")
-            unavailable.update({"rfid": msg, "pfid": msg})
-            run.fid = None
-            if run.rank == 0:
-                path.unlink(missing_ok=True)
-    elif run.rank == 0:
-        fid_lib.save_reference_stats(path, state)
-
-
-def _gather_skipped(loader: Any, distributed: bool) -> dict[str, int]:
-    """The loader's skipped-sample counts by reason, summed over ranks."""
-    local = dict(loader.skipped()) if hasattr(loader, "skipped") else {}
-    _, world = _rank_world(distributed)
-    if world == 1:
-        return local
-    everyone: list[dict] = [{} for _ in range(world)]
-    torch.distributed.all_gather_object(everyone, local)
-    total: Counter[str] = Counter()
-    for counts in everyone:
-        total.update(counts)
-    return dict(total)
-
-
-def _progress(loader: Iterable[dict], show: bool) -> Iterable[dict]:
-    if not show:
-        yield from loader
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task("eval", total=total)
-        for batch in loader:
-            yield batch
-            progress.advance(task)

@@ -1,4 +1,4 @@
-"""rFID and pFID (SPEC.md §4): torchmetrics' FID over torch-fidelity's Inception-v3.
+"""rFID and pFID: torchmetrics' FID over torch-fidelity's Inception-v3.
 
 The network is torchmetrics' ``NoTrainInceptionV3`` built exactly as ``FrechetInceptionDistance(feature=F,
 antialias=False)`` builds it (torch-fidelity's TF1-compatible bilinear resize to 299, so numbers match

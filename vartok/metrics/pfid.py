@@ -1,13 +1,14 @@
-"""The pFID hook (SPEC.md §4): applying a latent perturbation to the codes of an evaluation batch.
+"""The pFID hook: applying a latent perturbation to the codes of an evaluation batch.
 
 A perturbation is ``fn(indices, seed) -> perturbed indices`` (same shape, (B, N) or (B, N, G)); one that also
-takes an ``encoding`` keyword receives the encoder's output for those images (SPEC §3's operator draws from
-the codes nearest to each token's continuous latent, which lives there). When every image has a distinct
-key, each image is perturbed on its own with a seed fixed by (seed, key), so pFID is the same whatever the
-batch size or number of ranks; otherwise the whole batch gets a seed fixed by (seed, batch index).
+takes an ``encoding`` keyword receives the encoder's output for those images (the operator of
+vartok.tokenizers.perturb draws from the codes nearest to each token's continuous latent, which lives there).
+When every image has a distinct key, each image is perturbed on its own with a seed fixed by (seed, key), so
+pFID is the same whatever the batch size or number of ranks; otherwise the whole batch gets a seed fixed by
+(seed, batch index).
 
-pFID values are vartok's definition (SPEC.md §3-§4: FID of the originals against decodes of perturbed codes,
-β = 1, mean over fixed seeds). The original pFID code is unpublished, so they are not comparable to the
+pFID values are vartok's definition (docs/perturbation.md: FID of the originals against decodes of perturbed
+codes, β = 1, mean over fixed seeds). The original pFID code is unpublished, so they are not comparable to the
 paper's table.
 """
 
@@ -47,7 +48,7 @@ def _take(obj: Any, index: int, batch: int) -> Any:
 
 def _call_perturbation(fn: Callable, indices: Tensor, seed: int, encoding: Any) -> Tensor:
     """Call ``fn(indices, seed)``, passing ``encoding=`` too when the callable accepts it (the continuous
-    latents live there, which SPEC §3's nearest-code perturbation needs)."""
+    latents live there, which the nearest-code perturbation of vartok.tokenizers.perturb needs)."""
     try:
         takes_encoding = "encoding" in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -1,4 +1,4 @@
-"""Rate of k tokens (SPEC.md §4): bits per token = log2(codebook size), bytes = ceil(k·bits/8), bpp."""
+"""Rate of k tokens: bits per token = log2(codebook size), bytes = ceil(k·bits/8), bpp."""
 
 from __future__ import annotations
 

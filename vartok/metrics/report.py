@@ -1,4 +1,4 @@
-"""The evaluation report: report.json (schema of DESIGN.md), the printed table, and the figures.
+"""The evaluation report: report.json (schema below), the printed table, and the figures.
 
 report.json::
 
@@ -7,7 +7,9 @@ report.json::
                          "baselines": {"jpeg"|"webp"|"thumbnail": {"bytes", "psnr", "ssim"} | "infeasible"}}},
      "codebook": {...}, "baselines": {"jpeg": [...], "webp": [...], "thumbnail": [...]},
      "skipped": {reason: count}, "unavailable": {metric: reason}, "padding_samples",
-     "baseline_images" (how many of the images the codecs were measured on)}
+     "baseline_images" (how many of the images the codecs were measured on),
+     "subset"? (how the images were chosen: {"selection", "description", "limit", "samples", "available",
+                "ranks"}, see vartok.metrics.subset)}
 
 Non-finite numbers are written as null.
 """
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from vartok.metrics.baselines import INFEASIBLE
 
-KEY_ORDER = ("num_images", "image_size", "tokenizer", "lengths", "codebook", "baselines", "skipped",
+KEY_ORDER = ("num_images", "subset", "image_size", "tokenizer", "lengths", "codebook", "baselines", "skipped",
              "unavailable", "padding_samples", "baseline_images")
 
 
@@ -142,6 +144,12 @@ def print_table(report: dict, out_dir: str | os.PathLike | None = None, console:
         if not console.is_terminal:  # logs and pipes: wide enough for every column
             console = Console(width=max(console.width, 132))
     console.print(results_table(report))
+    subset = report.get("subset") or {}
+    bounded = subset.get("available") is None or subset.get("samples") != subset.get("available")
+    if subset.get("limit") is not None and bounded:
+        same = report.get("baselines") and report.get("baseline_images") == report["num_images"]
+        same = " (codec baselines on the same images)" if same else ""
+        console.print(f"images: {subset['description']}{same}")
     measured = report.get("baseline_images")
     if measured is not None and measured < report["num_images"]:
         console.print(f"codec baselines measured on the first {measured} of {report['num_images']} images")

@@ -13,6 +13,11 @@ in separate calls and per-rank batches are small, so batch statistics would leak
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from torch import Tensor, nn
 
 
@@ -82,3 +87,28 @@ class PatchDiscriminator(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) in [0, 1] → logits (B, 1, h, w)."""
         return self.net(images * 2 - 1)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of `module` do not require grad inside the block (the graph built there excludes them)."""
+    states = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, state in zip(module.parameters(), states):
+            param.requires_grad_(state)
+
+
+def build_discriminator(overrides: dict[str, Any] | None, image_size: int) -> PatchDiscriminator:
+    """PatchDiscriminator(**overrides), with one clear error for an unknown argument or a too-small image."""
+    overrides = dict(overrides or {})
+    allowed = list(inspect.signature(PatchDiscriminator).parameters)
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        names = ", ".join(allowed)
+        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {names}")
+    discriminator = PatchDiscriminator(**overrides)
+    discriminator.check_image_size(image_size)
+    return discriminator

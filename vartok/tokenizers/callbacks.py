@@ -41,7 +41,8 @@ class ReconstructionGrid(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = pl_module.step_count
-        if step % self.every_n_steps or not trainer.is_global_zero:
+        # micro_step > 0: inside a gradient accumulation, the step is not complete yet.
+        if step % self.every_n_steps or pl_module.micro_step or not trainer.is_global_zero:
             return
         images = self._fixed_batch(trainer)
         if images is None:

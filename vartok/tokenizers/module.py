@@ -18,10 +18,8 @@ needs `--trainer.strategy ddp_find_unused_parameters_true` (checked at the start
 
 from __future__ import annotations
 
-import inspect
 import zlib
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -31,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from vartok.models.discriminator import PatchDiscriminator
+from vartok.models.discriminator import build_discriminator, frozen
 from vartok.models.losses import LeCam, LPIPSLoss, adaptive_weight, discriminator_loss, generator_loss
 from vartok.models.precision import no_autocast
 from vartok.models.quantizers.binary import NonFiniteError
@@ -66,31 +64,6 @@ def psnr_per_image(recon: Tensor, target: Tensor) -> Tensor:
     """(B,) PSNR in dB of [0, 1] images, data range 1."""
     mse = (recon.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Parameters of `module` do not require grad inside the block (the graph built there excludes them)."""
-    states = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for param, state in zip(module.parameters(), states):
-            param.requires_grad_(state)
-
-
-def build_discriminator(overrides: dict[str, Any] | None, image_size: int) -> PatchDiscriminator:
-    """PatchDiscriminator(**overrides), with one clear error for an unknown argument or a too-small image."""
-    overrides = dict(overrides or {})
-    allowed = list(inspect.signature(PatchDiscriminator).parameters)
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        names = ", ".join(allowed)
-        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {names}")
-    discriminator = PatchDiscriminator(**overrides)
-    discriminator.check_image_size(image_size)
-    return discriminator
 
 
 class TokenizerModule(pl.LightningModule):
@@ -340,6 +313,13 @@ class TokenizerModule(pl.LightningModule):
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
         return nullcontext() if sync or block is None else block()
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A resume inside a gradient accumulation continues the sum saved in the checkpoint (on_load_checkpoint).
+        grads = self.__dict__.pop("_resumed_grads", None) or {}
+        for name, param in self.named_parameters():
+            if name in grads:
+                param.grad = grads[name].to(device=param.device, dtype=param.dtype)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """One micro-batch: forward and backward; on the last micro-batch of an accumulation (on every batch
         without accumulation) the tokenizer's optimizer steps, then the discriminator's, then the EMA."""
@@ -420,13 +400,12 @@ class TokenizerModule(pl.LightningModule):
         self.step_count = int(state.get("step_count", 0))
         self.micro_step = int(state.get("micro_step", 0))
         grads = state.get("partial_grads") or {}
-        for name, param in self.named_parameters():
-            if name in grads:
-                param.grad = grads[name].to(device=param.device, dtype=param.dtype)
+        self._resumed_grads = grads  # set at the first batch: Lightning zeroes the gradients before training
         if grads and self._trainer is not None and self.trainer.world_size > 1:
-            rank_zero_warn("this checkpoint was written inside a gradient accumulation and holds rank 0's partial "
-                           "gradients only, so the first step after the resume differs slightly from the "
-                           "uninterrupted run's; resume from a checkpoint written at a step (last.ckpt) to be exact.")
+            rank_zero_warn("this checkpoint was written inside a gradient accumulation and holds rank 0's "
+                           "partial gradients only, so the first step after the resume differs slightly from "
+                           "the uninterrupted run's; resume from a checkpoint written at a step (last.ckpt) to "
+                           "be exact.")
 
     def export_tokenizer(self, use_ema: bool = True) -> Tokenizer:
         """A standalone copy (EMA weights by default) with the architecture config, ready to save."""
