@@ -125,6 +125,16 @@ def test_bad_callback_arguments() -> None:
         EvaluationCallback(metrics=["pfid"], pfid_seeds=[0])
 
 
+def test_callback_lengths_beyond_the_tokenizer_stop_fit_at_its_start(tmp_path) -> None:
+    callback = EvaluationCallback(lengths=[2, 32], metrics=["psnr"])
+    module = TokenizerModule(preset="demo_tiny")  # 4 tokens
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, callbacks=[callback])
+    with pytest.raises(ValueError, match=r"EvaluationCallback: lengths=\[2, 32\] is not allowed.*1 ≤ k ≤ 4"):
+        trainer.fit(module, torch.utils.data.DataLoader([{"image": torch.zeros(3, 16, 16, dtype=torch.uint8)}]))
+    assert module.step_count == 0
+
+
 def test_callback_pfid_at_alpha_zero_equals_rfid(tmp_path) -> None:
     from vartok.metrics.testing import make_random_inception_weights, photo_crops
 

@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from vartok.metrics.evaluation import check_metrics, evaluate
+from vartok.metrics.evaluation import check_lengths, check_metrics, evaluate
 from vartok.metrics.subset import validation_subset
 from vartok.metrics.weights import WeightsNotFoundError
 
@@ -116,6 +116,12 @@ class EvaluationCallback(pl.Callback):
     # ------------------------------------------------------------------ networks (at the start of fit)
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            tokens = getattr(getattr(pl_module, "tokenizer", None), "num_tokens", None)
+            if self.lengths is not None and tokens is not None:  # at the start of fit, not at the first evaluation
+                try:
+                    check_lengths(self.lengths, int(tokens))
+                except ValueError as err:
+                    raise ValueError(f"EvaluationCallback: {err}") from None
             self.build_networks()
 
     def build_networks(self) -> None:

@@ -38,13 +38,7 @@ from vartok.models.weights import WeightsNotFoundError
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.ema import EMA
 from vartok.tokenizers.length import LengthPolicy, pow2_lengths
-from vartok.tokenizers.objectives import (
-    LossWeights,
-    Optimization,
-    parameter_groups,
-    pixel_losses,
-    warmup_cosine,
-)
+from vartok.tokenizers.objectives import LossWeights, Optimization, build_optimizers, pixel_losses
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
 from vartok.tokenizers.strategy import check_ddp_with_discriminator, check_strategy
 from vartok.tokenizers.tokenizer import Tokenizer, TokenizerOutput
@@ -220,31 +214,13 @@ class TokenizerModule(pl.LightningModule):
                                            "path is model.lpips_weights.") from None
         return self._loss_networks["lpips"].to(self.device)
 
-    def _total_steps(self) -> int:
-        trainer = self.trainer
-        return max(1, int(trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches))
-
     def configure_optimizers(self) -> Any:
-        opt, total = self.optim, self._total_steps()
-        optimizer = torch.optim.AdamW(
-            parameter_groups(self.tokenizer, opt.weight_decay, opt.lr, opt.linear_path_lr_scale), lr=opt.lr,
-            betas=tuple(opt.betas)
-        )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(opt.warmup_steps, total, opt.min_lr_ratio)
-        )
-        if self.discriminator is None:
-            return [optimizer], [{"scheduler": schedule, "interval": "step"}]
-        disc = opt.discriminator()
-        groups = parameter_groups(self.discriminator, disc["weight_decay"])
-        disc_optimizer = torch.optim.AdamW(groups, lr=disc["lr"], betas=tuple(disc["betas"]))
-        # The discriminator's schedule advances only when it steps: from gan_start_step to the end.
-        disc_total = max(1, total - self.loss_weights.gan_start_step)
-        disc_schedule = torch.optim.lr_scheduler.LambdaLR(
-            disc_optimizer, warmup_cosine(opt.disc_warmup_steps, disc_total, opt.min_lr_ratio)
-        )
-        return [optimizer, disc_optimizer], [{"scheduler": schedule, "interval": "step"},
-                                             {"scheduler": disc_schedule, "interval": "step"}]
+        trainer = self.trainer
+        # max_steps counts optimizer steps; Lightning's estimate counts batches (micro-batches here).
+        total = trainer.max_steps if trainer.max_steps > 0 else \
+            int(trainer.estimated_stepping_batches) // self.optim.accumulate_grad_batches
+        return build_optimizers(self.optim, self.tokenizer, self.discriminator, self.loss_weights.gan_start_step,
+                                max(1, int(total)))
 
     def step_generator(self) -> torch.Generator:
         """RNG of this training step on this rank: reproducible on resume."""

@@ -181,6 +181,26 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     return factor
 
 
+def build_optimizers(opt: Optimization, tokenizer: nn.Module, discriminator: nn.Module | None, gan_start_step: int,
+                     total_steps: int) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+    """AdamW and its warmup-cosine schedule (stepped every training step) for the tokenizer, and for the
+    discriminator when there is one: its schedule advances only when it steps, from gan_start_step to the end."""
+    optimizer = torch.optim.AdamW(parameter_groups(tokenizer, opt.weight_decay, opt.lr, opt.linear_path_lr_scale),
+                                  lr=opt.lr, betas=tuple(opt.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total_steps,
+                                                                          opt.min_lr_ratio))
+    if discriminator is None:
+        return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+    disc = opt.discriminator()
+    disc_optimizer = torch.optim.AdamW(parameter_groups(discriminator, disc["weight_decay"]), lr=disc["lr"],
+                                       betas=tuple(disc["betas"]))
+    disc_total = max(1, total_steps - gan_start_step)
+    disc_schedule = torch.optim.lr_scheduler.LambdaLR(
+        disc_optimizer, warmup_cosine(opt.disc_warmup_steps, disc_total, opt.min_lr_ratio))
+    return [optimizer, disc_optimizer], [{"scheduler": schedule, "interval": "step"},
+                                         {"scheduler": disc_schedule, "interval": "step"}]
+
+
 def pixel_losses(recon: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> dict[str, torch.Tensor]:
     """Unweighted pixel losses that have a positive weight; recon/target (B, 3, H, W) in [0, 1]."""
     losses = {}
