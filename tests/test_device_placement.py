@@ -120,3 +120,25 @@ def test_gan_lpips_lecam_and_adaptive_weight() -> None:
     loss = LossWeights(l1=1.0, l2=1.0, lpips=0.1, gan=0.5, gan_start_step=1, adaptive_weight=True, lecam=0.01)
     fit(module_for("vq", POLICIES["tail_drop_sample"], loss=loss, lpips_random_init=True,
                    discriminator={"channels": 8, "num_layers": 2, "norm_groups": 4}), steps=3)
+
+
+def test_evaluation_callback_with_psnr_ssim_and_codebook_statistics(tmp_path, monkeypatch) -> None:
+    """The periodic evaluation (its metric states and codebook statistics) on the module's device: each
+    batch's step and the results run with `meta` as the default device (the metric states are built on the
+    default device and moved, and DataLoader collation uses the default device: those two do not). rFID is left
+    out: torch-fidelity's Inception makes 0-dim CPU scalars, which CUDA accepts beside its tensors and meta
+    does not."""
+    from vartok.metrics.callbacks import EvaluationCallback
+    from vartok.metrics.evaluation import Evaluation
+
+    for name in ("step", "results"):
+        monkeypatch.setattr(Evaluation, name, under_default_device(getattr(Evaluation, name), "meta"))
+    callback = EvaluationCallback(every_n_steps=2, num_images=8, lengths=[1, 4], metrics=["psnr", "ssim"],
+                                  batch_size=4, cache_reference=False, at_fit_end=False)
+    module = module_for("vq", POLICIES["tail_drop_sample"])
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=1, callbacks=[callback])
+    trainer.fit(module, loader(), loader())
+    report = callback.last_report
+    assert report is not None and set(report["lengths"]) == {"1", "4"} and report["codebook"]

@@ -91,6 +91,21 @@ def test_resume_from_a_best_checkpoint_written_after_validation_is_bit_exact(sha
 
 
 @pytest.mark.timeout(120)
+def test_resume_with_a_vq_codebook_that_resets_dead_codes_is_bit_exact(shards, tmp_path):
+    """vector-quantize-pytorch re-seeds dead codes with samples drawn from the global RNG, which a resumed run
+    holds in another state than the uninterrupted one; the module seeds it per step inside the forward."""
+    vq = {"quantizer": "vq", "quantizer_args": {"codebook_size": 64, "codebook_dim": 4, "dead_code_threshold": 2.0}}
+    full, resumed = tiny_module(tokenizer=vq), tiny_module(tokenizer=vq)
+    before = full.tokenizer.quantizer.vq._codebook.embed.detach().clone()
+    tiny_trainer(tmp_path / "full", 6, [every_step(tmp_path / "ckpt")]).fit(full, tiny_data(shards))
+    after = full.tokenizer.quantizer.vq._codebook.embed.detach()
+    assert (after - before).abs().amax(-1).gt(0).all()  # every code moved or was re-seeded
+    torch.randn(1000)  # a resumed process has drawn other numbers before
+    tiny_trainer(tmp_path / "resumed", 6).fit(resumed, tiny_data(shards), ckpt_path=tmp_path / "ckpt" / "step=3.ckpt")
+    assert_same_weights(weights(full), weights(resumed))
+
+
+@pytest.mark.timeout(120)
 def test_resume_inside_a_gradient_accumulation_is_bit_exact(shards, tmp_path):
     class SaveBetweenMicroBatches(pl.Callback):
         def on_train_batch_end(self, trainer, module, *args):

@@ -85,6 +85,8 @@ class VartokCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config)
         if config.get("skip_report"):
             return
+        if any(getattr(callback, "preempted", False) for callback in self.trainer.callbacks):
+            return  # stopped for a SLURM requeue: the requeued run exports and reports when it finishes
         run_dir = Path(self.trainer.default_root_dir)
         export_and_report(self.trainer, self.model, run_dir, list(config.get("report_metrics")),
                           config.get("report_images"))

@@ -111,7 +111,8 @@ class Evaluation:
         """Encode the batch's valid images once and decode them at every length."""
         images: Tensor = batch["image"]
         valid = batch.get("valid")
-        valid = torch.ones(images.shape[0], dtype=torch.bool) if valid is None else torch.as_tensor(valid).bool()
+        valid = torch.ones(images.shape[0], dtype=torch.bool, device=images.device) if valid is None \
+            else torch.as_tensor(valid, device=images.device).bool()  # (B,), beside the batch (host side)
         keys = [k for k, ok in zip(batch.get("key", []), valid.tolist()) if ok] or None
         self.padding.update(float((~valid).sum()))
         images = images[valid.to(images.device)]
@@ -141,7 +142,8 @@ class Evaluation:
     def _codebook(self, indices: Tensor) -> CodebookStats:
         if self.codebook is None:
             groups = indices.shape[2] if indices.dim() == 3 else 1
-            self.codebook = CodebookStats(int(self.tok.codebook_size), indices.shape[1], groups).to(self.device)
+            with torch.device(self.device):  # built on the evaluation's device (its states are sized by the codes)
+                self.codebook = CodebookStats(int(self.tok.codebook_size), indices.shape[1], groups)
         return self.codebook
 
     def _collect_grid(self, row: str, images: Tensor) -> None:

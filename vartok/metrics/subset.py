@@ -160,7 +160,8 @@ class LoaderSubset:
             if batch_images.dtype != torch.uint8:
                 raise ValueError(f"evaluation expects uint8 validation images, got {batch_images.dtype}.")
             valid = batch.get("valid") if isinstance(batch, dict) else None
-            valid = torch.ones(batch_images.shape[0], dtype=torch.bool) if valid is None else valid.bool()
+            valid = torch.ones(batch_images.shape[0], dtype=torch.bool, device=batch_images.device) if valid is None \
+                else valid.bool()
             batch_keys = batch.get("key") if isinstance(batch, dict) else None
             batch_keys = list(batch_keys) if batch_keys is not None else [""] * batch_images.shape[0]
             take = valid.nonzero().flatten().tolist()

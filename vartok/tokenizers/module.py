@@ -19,7 +19,8 @@ needs `--trainer.strategy ddp_find_unused_parameters_true` (checked at the start
 from __future__ import annotations
 
 import zlib
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -222,11 +223,26 @@ class TokenizerModule(pl.LightningModule):
         return build_optimizers(self.optim, self.tokenizer, self.discriminator, self.loss_weights.gan_start_step,
                                 max(1, int(total)))
 
-    def step_generator(self) -> torch.Generator:
-        """RNG of this training step on this rank: reproducible on resume."""
+    def step_seed(self) -> int:
+        """Seed of this training step (and micro-batch) on this rank: a resume draws what the run would have."""
         key = f"{self.seed}/{self.step_count}/{self.global_rank}"
-        key = (key if self.micro_step == 0 else f"{key}/{self.micro_step}").encode()  # one stream per micro-batch
-        return torch.Generator().manual_seed(zlib.crc32(key))
+        return zlib.crc32((key if self.micro_step == 0 else f"{key}/{self.micro_step}").encode())
+
+    def step_generator(self) -> torch.Generator:
+        """The CPU generator of this step's own draws (lengths, perturbation)."""
+        return torch.Generator().manual_seed(self.step_seed())
+
+    @contextmanager
+    def seeded_global_rng(self, device: torch.device) -> Iterator[None]:
+        """The global RNG, seeded from this step inside the block and restored after it: draws that libraries
+        make from it (vector-quantize-pytorch's dead-code reset samples replacement codes from the batch) are
+        then the same in a resumed run as in the uninterrupted one, whose global RNG has moved on since."""
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(self.step_seed())
+            if devices:
+                torch.cuda.manual_seed(self.step_seed())
+            yield
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, images: Tensor, out: TokenizerOutput) -> tuple[Tensor, dict[str, Tensor]]:
@@ -303,7 +319,8 @@ class TokenizerModule(pl.LightningModule):
         accumulate = self.optim.accumulate_grad_batches
         first, last = self.micro_step == 0, self.micro_step == accumulate - 1
         try:
-            out = self.tokenizer(images, step=self.step_count, generator=self.step_generator())
+            with self.seeded_global_rng(images.device):
+                out = self.tokenizer(images, step=self.step_count, generator=self.step_generator())
         except NonFiniteError as err:
             raise NonFiniteError(f"training step {self.step_count}: {err}") from None
         loss, terms = self.compute_loss(images, out)

@@ -62,22 +62,23 @@ def requeue(job_id: str, timeout: float = 60.0) -> str | None:
 
 
 class SlurmRequeue(pl.Callback):
-    """On `requeue_signal` (SLURM's `#SBATCH --signal=SIGUSR1@<seconds>`), at the end of the next training step
-    (a completed optimizer step; `module.micro_step == 0` inside a gradient accumulation): save the checkpoint
-    a requeued job resumes from, let rank 0 requeue the job and stop training.
+    """On `requeue_signal` (SLURM's `#SBATCH --signal=SIGUSR1@<seconds>`), at the end of the next training
+    step (a completed optimizer step; `module.micro_step == 0` inside a gradient accumulation): save the
+    checkpoint a requeued job resumes from, let rank 0 requeue the job and stop training.
 
     The checkpoint is written twice, so that the requeued job resumes from it with or without `--ckpt_path
     last`: through every `ModelCheckpoint(save_last=True)` (its `last.ckpt`, which `--ckpt_path last` picks)
     and, with `hpc_checkpoint`, as `<default_root_dir>/hpc_ckpt_<N>.ckpt` (N one more than the highest there;
     Lightning resumes from the highest one under SLURM when no `ckpt_path` is given).
 
-    Under DDP the flag is all-reduced (a max over one scalar) at every step end, so all ranks save at the same
-    step whichever of them got the signal. Active only where SLURM_JOB_ID is set; elsewhere no handler, no
-    collective, no checkpoint. A failed requeue is logged in one sentence and training still stops.
+    Under DDP the flag is reduced over the ranks at every step end (one scalar all-reduce: any rank's flag
+    counts), so all ranks save at the same step whichever of them got the signal. Active only where
+    SLURM_JOB_ID is set; elsewhere no handler, no collective, no checkpoint. A failed requeue is logged in one
+    sentence and training still stops.
 
     Args:
         requeue_signal: the signal SLURM sends before the time limit (name or number).
-        hpc_checkpoint: also write `hpc_ckpt_<N>.ckpt` (needs no `--ckpt_path` to be found; one per preemption).
+        hpc_checkpoint: also write `hpc_ckpt_<N>.ckpt` (found with no `--ckpt_path`; one per preemption).
     """
 
     def __init__(self, requeue_signal: int | str = "SIGUSR1", hpc_checkpoint: bool = True) -> None:
@@ -96,10 +97,10 @@ class SlurmRequeue(pl.Callback):
             return
         environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-            environment.auto_requeue = False  # read when Lightning registers its handlers, after this hook
+            environment.auto_requeue = False  # read when Lightning registers its handlers, after setup
         if not self.hpc_checkpoint and not self._last_checkpoints(trainer):
-            raise ValueError("SlurmRequeue(hpc_checkpoint=False) needs a ModelCheckpoint with save_last=True to "
-                             "write the checkpoint a requeued job resumes from.")
+            raise ValueError("SlurmRequeue(hpc_checkpoint=False) needs a ModelCheckpoint with save_last=True "
+                             "to write the checkpoint a requeued job resumes from.")
         self._active = slurm_job_id() is not None  # the same on every rank, so are the collectives
         self._received = self.preempted = False
         if self._active and threading.current_thread() is threading.main_thread():
@@ -110,9 +111,14 @@ class SlurmRequeue(pl.Callback):
             signal.signal(self.signum, self._previous)
         self._previous, self._active = None, False
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning skips the teardown hooks when fit raises
+
     @staticmethod
     def _last_checkpoints(trainer: pl.Trainer) -> list[ModelCheckpoint]:
-        return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last is True]
+        return [callback for callback in trainer.checkpoint_callbacks
+                if isinstance(callback, ModelCheckpoint) and callback.save_last is True]
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -138,8 +144,8 @@ class SlurmRequeue(pl.Callback):
         if trainer.is_global_zero and job_id is not None:
             error = requeue(job_id)
             if error:
-                log.warning(f"Could not requeue SLURM job {job_id} ({error}); submit the same script again to "
-                            f"resume from {saved[-1]}.")
+                log.warning(f"Could not requeue SLURM job {job_id} ({error}); submit the same script again "
+                            f"to resume from {saved[-1]}.")
             else:
                 rank_zero_info(f"requeued SLURM job {job_id}; it resumes from {' or '.join(map(str, saved))}")
         self.preempted, self._received = True, False
