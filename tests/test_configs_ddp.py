@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from tests.fixtures.photo_shards import photo_shards
-from tests.test_data_ddp import free_port
+from tests.fixtures.processes import free_port
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -13,14 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.data_shards import write_shards
+from tests.fixtures.processes import free_port
 
 FIT_SCRIPT = Path(__file__).parent / "fixtures" / "ddp_fit.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

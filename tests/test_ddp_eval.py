@@ -15,10 +15,8 @@ Slow (2 gloo processes through torchrun, this file being the script):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from tests.fixtures.processes import assert_tree_close, free_port, state_hash
 from vartok.metrics.callbacks import EvaluationCallback
 from vartok.metrics.weights import WeightsNotFoundError
 from vartok.tokenizers.module import TokenizerModule
@@ -151,12 +150,6 @@ def test_callback_pfid_at_alpha_zero_equals_rfid(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- slow: 2 processes (torchrun)
-def _state_hash(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _gan_module() -> TokenizerModule:
@@ -211,8 +204,8 @@ def main(args: dict) -> None:
     module, trainer = _gan_fit(args, "ddp_find_unused_parameters_true", [callback])
     rank = trainer.global_rank
     record.update(step_count=module.step_count, global_step=trainer.global_step, rank=rank,
-                  tokenizer=_state_hash(module.tokenizer), ema=_state_hash(module.ema),
-                  discriminator=_state_hash(module.discriminator), lecam=_state_hash(module.lecam),
+                  tokenizer=state_hash(module.tokenizer), ema=state_hash(module.ema),
+                  discriminator=state_hash(module.discriminator), lecam=state_hash(module.lecam),
                   callback=callback.last_report, callback_step=callback.last_step,
                   subset=[k for batch in callback.subset(trainer) for k in batch["key"]])
     if rank == 0:
@@ -222,21 +215,8 @@ def main(args: dict) -> None:
     torch.distributed.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _close(a: object, b: object, rel: float, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _close(a[key], b[key], rel, f"{path}/{key}")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=rel, abs=1e-9), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +234,7 @@ def ddp_run(tmp_path_factory) -> tuple[dict, list[dict]]:
     Path(args["out"]).mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
-           str(_free_port()), __file__, json.dumps(args)]
+           str(free_port()), __file__, json.dumps(args)]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=480, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
     return args, [json.loads((Path(args["out"]) / f"rank{r}.json").read_text()) for r in range(WORLD)]
@@ -302,7 +282,7 @@ def test_ddp_evaluation_through_loader_workers_equals_one_process(ddp_run) -> No
     assert ranks[0]["loader_eval"]["padding_samples"] > 0  # the split was uneven: padding was masked out
     for k in map(str, LENGTHS):
         assert {"psnr", "ssim", "lpips", "rfid"} <= set(single["lengths"][k])
-    _close(ranks[0]["loader_eval"]["lengths"], single["lengths"], rel=1e-5)
+    assert_tree_close(ranks[0]["loader_eval"]["lengths"], single["lengths"], rel=1e-5)
 
 
 if __name__ == "__main__":

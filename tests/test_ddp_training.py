@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.ddp_train import CASES, STEPS
 from tests.fixtures.photo_shards import photo_shards
-from tests.test_data_ddp import free_port
+from tests.fixtures.processes import free_port
 
 SCRIPT = Path(__file__).parent / "fixtures" / "ddp_train.py"
 

@@ -9,7 +9,6 @@ single-process ones. In eval mode no collective runs (a rank-0-only forward retu
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.fixtures.processes import free_port
 from vartok.models.quantizers import build_quantizer
 
 WORLD = 2
@@ -68,10 +68,6 @@ def worker(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

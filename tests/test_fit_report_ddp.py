@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.fixtures.processes import assert_tree_close, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD, VAL_COUNT, REPORT_IMAGES = 2, 13, 11
@@ -94,25 +95,8 @@ def main(args: dict) -> None:
     Path(args["out"], f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _close(a: object, b: object, rel: float, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for key in a:
-            _close(a[key], b[key], rel, f"{path}/{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, rel, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=rel, abs=1e-9), path
-    else:
-        assert a == b, path
 
 
 @pytest.mark.slow
@@ -134,7 +118,7 @@ def test_end_of_fit_report_under_ddp_is_split_over_ranks_and_equals_one_process(
     Path(args["out"]).mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
-           str(_free_port()), __file__, json.dumps(args)]
+           str(free_port()), __file__, json.dumps(args)]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=840,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
@@ -173,7 +157,7 @@ def test_end_of_fit_report_under_ddp_is_split_over_ranks_and_equals_one_process(
     for k in ("1", "2", "4"):
         assert set(METRICS) <= set(single["lengths"][k])
     for name in ("lengths", "codebook", "baselines", "baseline_images", "num_images"):
-        _close(report[name], single[name], rel=1e-5, path=name)
+        assert_tree_close(report[name], single[name], rel=1e-5, path=name)
 
 
 if __name__ == "__main__":

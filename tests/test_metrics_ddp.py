@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.fixtures.processes import assert_tree_close, free_port
 from vartok.metrics import evaluate
 from vartok.metrics.fid import build_inception
 from vartok.metrics.lpips_net import LPIPS
@@ -65,33 +66,14 @@ def worker(rank: int, port: int, folder: str, weights: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _close(a: object, b: object, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _close(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
-    else:
-        assert a == b, path
 
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     weights = str(make_random_inception_weights(tmp_path / "inception.pth", photo_crops(8, 48, seed=1)))
-    context = mp.start_processes(worker, args=(_free_port(), str(tmp_path), weights), nprocs=WORLD, join=False,
+    context = mp.start_processes(worker, args=(free_port(), str(tmp_path), weights), nprocs=WORLD, join=False,
                                  start_method="spawn")
     while not context.join(timeout=300):
         pass
@@ -101,6 +83,6 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     assert ranks[0]["num_images"] == single["num_images"] == COUNT
     assert ranks[0]["padding_samples"] == 1 and single["padding_samples"] == 1
     assert "pfid" in ranks[0]["lengths"]["12"] and "lpips" in ranks[0]["lengths"]["2"]
-    _close(ranks[0], single)
-    _close(json.loads((tmp_path / "alone.json").read_text()), single)
+    assert_tree_close(ranks[0], single, rel=1e-6)
+    assert_tree_close(json.loads((tmp_path / "alone.json").read_text()), single, rel=1e-6)
     assert (tmp_path / "out0" / "report.json").is_file() and not (tmp_path / "out1").exists()
