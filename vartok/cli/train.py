@@ -105,6 +105,18 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         print(f"vartok-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """End the distributed process group before the interpreter exits: left to the interpreter's shutdown,
+    gloo's threads can abort the process ("terminate called without an active exception", exit code -6)
+    after a successful run, and the job would count as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
