@@ -22,7 +22,15 @@ import torch
 import yaml
 
 from tests.fixtures.photo_shards import photo_shards
-from tests.fixtures.resume_fit import STEPS, every_step, tiny_data, tiny_module, tiny_trainer, weights
+from tests.fixtures.resume_fit import (
+    STEPS,
+    every_step,
+    tiny_data,
+    tiny_data_settings,
+    tiny_module,
+    tiny_trainer,
+    weights,
+)
 from vartok.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +176,7 @@ def tiny_config(tmp_path: Path, shards: list[str]) -> Path:
     trainer["callbacks"] = callbacks
     config["model"] = {"preset": "demo_tiny", "optim": {"lr": 0.002, "warmup_steps": 2},
                        "tokenizer": {"width": 64, "heads": 4, "depth": 2, "num_tokens": 8}}
-    config["data"] = {"train_shards": shards, "val_shards": shards[:1], "image_size": 16, "batch_size": 16,
-                      "epoch_size": 64, "shuffle_buffer": 16, "num_workers": 0}
+    config["data"] = tiny_data_settings(shards, val_shards=shards[:1])
     config["skip_report"] = True
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -76,11 +76,15 @@ def decode_sample(sample: dict, size: int, rng: np.random.Generator | None, flip
     return pixels
 
 
-def collate(pixels: list[np.ndarray], valid: list[bool], keys: list[str], counter: SkipCounter) -> dict:
-    """Stack samples into the batch dict (uint8 (B,3,H,W)) and attach the counts since the last batch."""
+def image_batch(pixels: list[np.ndarray], valid: list[bool], keys: list[str]) -> dict:
+    """Stack decoded samples (uint8 (H, W, 3) each) into the batch dict: image uint8 (B, 3, H, W), valid, key."""
     image = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # (B,H,W,3) -> (B,3,H,W)
-    return {"image": image, "valid": torch.tensor(valid, dtype=torch.bool), "key": keys,
-            STATS_KEY: counter.take()}
+    return {"image": image, "valid": torch.tensor(valid, dtype=torch.bool), "key": list(keys)}
+
+
+def collate(pixels: list[np.ndarray], valid: list[bool], keys: list[str], counter: SkipCounter) -> dict:
+    """The batch dict (`image_batch`) with the skip counts since the last batch attached."""
+    return {**image_batch(pixels, valid, keys), STATS_KEY: counter.take()}
 
 
 def with_trailing_stats(batches: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,12 +28,6 @@ def _check_count(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be an integer >= 1 (or None for all validation images), "
                          f"got {value!r}.")
-
-
-def _batch(pixels: list[np.ndarray], keys: list[str]) -> dict:
-    """uint8 (B,H,W,3) arrays → the validation batch dict, every sample valid."""
-    image = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-    return {"image": image, "valid": torch.ones(len(keys), dtype=torch.bool), "key": list(keys)}
 
 
 class ShardSubset:
@@ -76,7 +69,7 @@ class ShardSubset:
         return (self.stop - self.start + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
-        from vartok.data.stream import decode_sample
+        from vartok.data.stream import decode_sample, image_batch
 
         pixels, keys = [], []
         for sample in self._samples():
@@ -86,10 +79,10 @@ class ShardSubset:
             pixels.append(out)
             keys.append(sample.get("__key__", ""))
             if len(keys) == self.batch_size:
-                yield _batch(pixels, keys)
+                yield image_batch(pixels, [True] * len(keys), keys)
                 pixels, keys = [], []
         if keys:
-            yield _batch(pixels, keys)
+            yield image_batch(pixels, [True] * len(keys), keys)
 
     def _samples(self) -> Iterator[dict]:
         """The raw samples at this rank's positions; whole shards before them are not opened."""

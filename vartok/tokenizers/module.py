@@ -18,9 +18,7 @@ needs `--trainer.strategy ddp_find_unused_parameters_true` (checked at the start
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -41,6 +39,7 @@ from vartok.tokenizers.ema import EMA
 from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.objectives import LossWeights, Optimization, build_optimizers, pixel_losses
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
+from vartok.tokenizers.randomness import keyed_seed, seeded_global_rng
 from vartok.tokenizers.strategy import check_ddp_with_discriminator, check_strategy
 from vartok.tokenizers.tokenizer import Tokenizer, TokenizerOutput
 
@@ -128,6 +127,7 @@ class TokenizerModule(pl.LightningModule):
         self.val_psnr = torch.nn.ModuleDict({str(k): MeanMetric() for k in lengths})
         self.step_count = 0  # training (= optimizer) steps, saved in checkpoints
         self.micro_step = 0  # micro-batches of the current accumulation done (optim.accumulate_grad_batches)
+        self._resumed_grads: dict[str, Tensor] = {}  # partial sums of a checkpoint written inside an accumulation
         gan = self.loss_weights.gan > 0
         # Never part of self.tokenizer: so never in the EMA, the export or the tokenizer's parameter count.
         self.discriminator = build_discriminator(discriminator, config.image_size) if gan else None
@@ -225,24 +225,12 @@ class TokenizerModule(pl.LightningModule):
 
     def step_seed(self) -> int:
         """Seed of this training step (and micro-batch) on this rank: a resume draws what the run would have."""
-        key = f"{self.seed}/{self.step_count}/{self.global_rank}"
-        return zlib.crc32((key if self.micro_step == 0 else f"{key}/{self.micro_step}").encode())
+        micro = [self.micro_step] if self.micro_step else []  # one stream per micro-batch of an accumulation
+        return keyed_seed(self.seed, self.step_count, self.global_rank, *micro)
 
     def step_generator(self) -> torch.Generator:
-        """The CPU generator of this step's own draws (lengths, perturbation)."""
+        """The CPU generator of this step's length draws."""
         return torch.Generator().manual_seed(self.step_seed())
-
-    @contextmanager
-    def seeded_global_rng(self, device: torch.device) -> Iterator[None]:
-        """The global RNG, seeded from this step inside the block and restored after it: draws that libraries
-        make from it (vector-quantize-pytorch's dead-code reset samples replacement codes from the batch) are
-        then the same in a resumed run as in the uninterrupted one, whose global RNG has moved on since."""
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.default_generator.manual_seed(self.step_seed())
-            if devices:
-                torch.cuda.manual_seed(self.step_seed())
-            yield
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, images: Tensor, out: TokenizerOutput) -> tuple[Tensor, dict[str, Tensor]]:
@@ -307,7 +295,9 @@ class TokenizerModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # A resume inside a gradient accumulation continues the sum saved in the checkpoint (on_load_checkpoint).
-        grads = self.__dict__.pop("_resumed_grads", None) or {}
+        if not self._resumed_grads:
+            return
+        grads, self._resumed_grads = self._resumed_grads, {}
         for name, param in self.named_parameters():
             if name in grads:
                 param.grad = grads[name].to(device=param.device, dtype=param.dtype)
@@ -319,7 +309,7 @@ class TokenizerModule(pl.LightningModule):
         accumulate = self.optim.accumulate_grad_batches
         first, last = self.micro_step == 0, self.micro_step == accumulate - 1
         try:
-            with self.seeded_global_rng(images.device):
+            with seeded_global_rng(self.step_seed(), images.device):
                 out = self.tokenizer(images, step=self.step_count, generator=self.step_generator())
         except NonFiniteError as err:
             raise NonFiniteError(f"training step {self.step_count}: {err}") from None

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ from vartok.models.quantizers.base import Quantizer, QuantizerOutput
 from vartok.models.quantizers.fsq import FSQQuantizer
 from vartok.models.quantizers.gq import GQQuantizer
 from vartok.models.quantizers.vq import VQQuantizer
+from vartok.tokenizers.randomness import keyed_generator
 
 VQ_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) similarity block in the vq search (64 MiB float32)
 
@@ -274,7 +274,7 @@ def neighbours_excluding_own(candidates: Tensor, own: Tensor) -> Tensor:
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """CPU generator of one training step on one rank: the same (seed, step, rank) gives the same draws."""
-    return torch.Generator().manual_seed(zlib.crc32(f"perturb/{seed}/{step}/{rank}".encode()))
+    return keyed_generator("perturb", seed, step, rank)
 
 
 @torch.no_grad()
