@@ -42,7 +42,7 @@ def test_readme_demo_command_runs_end_to_end(tmp_path):
 def test_full_demo_learns(tmp_path):
     """The full demo (issues 2 and 4): PSNR grows with every doubling of k, and at every k where a bicubic
     thumbnail fits in the same bytes the tokenizer beats it (by more than 1 dB at full length). A naive 1D
-    recipe stays below even the 1x1 thumbnail (CALIBRATION.md)."""
+    recipe stays below even the 1x1 thumbnail (docs/calibration.md)."""
     result = run_demo(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())

@@ -1,4 +1,4 @@
-"""LengthPolicy (SPEC.md §2): sampled lengths follow the configured distribution (chi-square against
+"""LengthPolicy (docs/definitions.md §2): sampled lengths follow the configured distribution (chi-square against
 closed-form probabilities written here, not read from `support`), p_full and start_step are honoured, each
 mode/granularity returns the documented decoder input, and bad settings or decode lengths give one clear
 error naming the argument and the allowed range."""

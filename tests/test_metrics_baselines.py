@@ -1,5 +1,5 @@
 """Codec baselines: whole-file bytes as Pillow writes them, quality from scikit-image, best-at-budget by
-brute force, and a sanity check against CALIBRATION.md's 32-pixel figures."""
+brute force, and a sanity check against docs/calibration.md's 32-pixel figures."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_best_at_budget_and_curves_equal_brute_force(crops: torch.Tensor) -> Non
 
 
 def test_sanity_against_calibration_figures_at_32px() -> None:
-    """CALIBRATION.md (held-out 32 px crops): 1×1 thumbnail 17.87 dB, 2×2 19.62 dB, smallest WebP 62–126 B,
+    """docs/calibration.md (held-out 32 px crops): 1×1 thumbnail 17.87 dB, 2×2 19.62 dB, smallest WebP 62–126 B,
     smallest JPEG ≈ 640 B. Other photos here, so only the ballpark is checked."""
     stats = BaselineStats(32, [3])
     stats.update(photo_crops(30, 32, seed=11))

@@ -1,4 +1,4 @@
-"""Latent perturbation P(α, δ) (SPEC.md §3) against brute force: the exact error rate α, every replacement among
+"""Latent perturbation P(α, δ) (docs/definitions.md §3) against brute force: the exact error rate α, every replacement among
 the δ nearest codes of its latent (all codes enumerated) and never the own, a uniform pick among them,
 per-image Bernoulli(β), (seed, step, rank) reproducibility, untouched quantizer losses and a straight-through
 gradient, the schedules, bad input, and pFID(α = 0) == rFID with the real operator."""
@@ -50,7 +50,7 @@ def oracle_scores(name: str, quantizer, latents: torch.Tensor) -> torch.Tensor:
     """Brute force: closeness (larger = nearer) of every symbol latent to every code of its symbol.
 
     Returns (B, N, G, K); the codes are enumerated from the quantizer's codebook or
-    its `indices_to_codes`, the distances are the Euclidean / cosine ones of SPEC.md §3.
+    its `indices_to_codes`, the distances are the Euclidean / cosine ones of docs/definitions.md §3.
     """
     z = latents.float()
     with torch.no_grad():

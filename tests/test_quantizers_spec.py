@@ -1,4 +1,4 @@
-"""Every quantizer honours SPEC.md §1: exact inverse, masks, float32 under autocast, errors."""
+"""Every quantizer honours docs/definitions.md §1: exact inverse, masks, float32 under autocast, errors."""
 
 import pytest
 import torch

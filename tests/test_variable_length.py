@@ -1,4 +1,4 @@
-"""Variable-length tokens (SPEC.md §2) on the model: per-sample decode equals decoding alone, nested dropout
+"""Variable-length tokens (docs/definitions.md §2) on the model: per-sample decode equals decoding alone, nested dropout
 hides exactly the tail, prefix_causal latents never see later tokens, the training forward follows the
 policy, every preset decodes at every k, and choose_length equals a brute-force scan with O(log N) decodes."""
 

@@ -1,4 +1,4 @@
-"""Training losses beyond the pixel losses (SPEC.md §5): LPIPS, GAN losses, LeCam, adaptive weight.
+"""Training losses beyond the pixel losses (docs/definitions.md §5): LPIPS, GAN losses, LeCam, adaptive weight.
 
 - LPIPS: `LPIPSLoss` (frozen VGG through the `lpips` package, dropout off, eval mode forced, weights
   resolved from an explicit path or the torch hub cache; see `vartok.models.lpips`).

@@ -106,7 +106,7 @@ class Encoder(nn.Module):
         latent_attention: "full", or "prefix_causal" (latent i sees every patch and latents <= i only,
             so the first k latents never depend on later ones).
         embed_std: init std of position embeddings and latent tokens (1.0 keeps tokens distinguishable
-            at init; 0.02 makes all latents read the same average and collapse early — CALIBRATION.md).
+            at init; 0.02 makes all latents read the same average and collapse early — docs/calibration.md).
         global_linear: add a dense linear map of the whole image to the latents (`vartok.models.linear_path`;
             small images only), zero until `Tokenizer.init_linear_path` sets it to PCA.
     """

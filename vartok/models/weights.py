@@ -1,6 +1,6 @@
 """Where the frozen measuring networks get their weights: Inception-v3 (FID) and VGG16 (LPIPS).
 
-Resolution order (SPEC.md §4, DESIGN.md "Offline machines"):
+Resolution order (docs/definitions.md §4):
 1. an explicit path (a user flag such as ``--inception-weights``) — if given it must exist;
 2. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file name>``;
 3. a download into that cache, only when ``allow_download=True`` (and the machine is online);

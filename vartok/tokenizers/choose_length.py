@@ -1,4 +1,4 @@
-"""Adaptive length at inference (SPEC.md §2): per image, the smallest k whose reconstruction meets a target.
+"""Adaptive length at inference (docs/definitions.md §2): per image, the smallest k whose reconstruction meets a target.
 
     k = choose_length(tok, images, target_psnr=30.0)          # (B,) int64 in [1, N]
     recon = tok.decode(tok.encode(images).indices, length=k)

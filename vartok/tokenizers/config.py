@@ -39,10 +39,10 @@ class TokenizerConfig:
     image_size, patch_size: square input images cut into (image_size / patch_size)^2 patches.
     width, depth, heads: encoder ViT; decoder_* default to the encoder's.
     num_tokens: N latent tokens.
-    quantizer, quantizer_args: a name of `vartok.models.quantizers` and its keywords (SPEC.md §1);
+    quantizer, quantizer_args: a name of `vartok.models.quantizers` and its keywords (docs/definitions.md §1);
         missing keywords take QUANTIZER_DEFAULTS.
     token_dim: latent width handed to the quantizer; None = the code width (no projection).
-    latent_attention: "full" or "prefix_causal" (SPEC.md §2).
+    latent_attention: "full" or "prefix_causal" (docs/definitions.md §2).
     decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
         trained with tail drop or no policy, "mask_token" for nested dropout.
     embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio, conv_channels (decoder pixel head):

@@ -1,4 +1,4 @@
-"""Length policies (SPEC.md §2): how many of the N ordered tokens the decoder sees in a training step.
+"""Length policies (docs/definitions.md §2): how many of the N ordered tokens the decoder sees in a training step.
 
 `tail_drop` (One-D-Piece) keeps the first k tokens and removes the rest: granularity "batch" truncates
 the whole batch to one k (compute falls with k); "sample" draws k per image and excludes the dropped tail

@@ -3,7 +3,7 @@
 One training step reads as: forward (encode, quantize, drop, decode), losses, tokenizer step, then — once
 the GAN has started — a discriminator step, then EMA. Validation and export use the EMA tokenizer.
 
-Losses (SPEC.md §5): pixel L1/L2, LPIPS (frozen VGG; held outside the module tree, so it is never in a
+Losses (docs/definitions.md §5): pixel L1/L2, LPIPS (frozen VGG; held outside the module tree, so it is never in a
 checkpoint, the EMA, DDP or the export), quantizer losses, and from `loss.gan_start_step` on the adversarial
 term of a PatchDiscriminator (hinge or non-saturating, optional adaptive weight, optional LeCam).
 
@@ -66,7 +66,7 @@ class TokenizerModule(pl.LightningModule):
     Args:
         preset: a registered preset name (`vartok.tokenizers.PRESETS`).
         tokenizer: overrides of the preset's TokenizerConfig fields (e.g. {num_tokens: 64}).
-        length_policy: training-time token dropping (SPEC.md §2).
+        length_policy: training-time token dropping (docs/definitions.md §2).
         loss: loss weights, in one place.
         optim: optimizer, schedule, clipping and EMA settings.
         seed: seeds the per-step random draws (lengths, perturbation) with (seed, step, rank).
@@ -76,7 +76,7 @@ class TokenizerModule(pl.LightningModule):
             state dict); None = the torch hub cache. Resolved at the start of fit.
         lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only: the
             perceptual loss is then meaningless).
-        perturbation: latent perturbation of the decoder's codes (SPEC.md §3, docs/perturbation.md); None = off.
+        perturbation: latent perturbation of the decoder's codes (docs/definitions.md §3, docs/perturbation.md); None = off.
         pca_images: with tokenizer.global_linear, how many training images the PCA that starts the linear path
             reads at the start of a fresh fit (at least N*D + 1; never on resume: the checkpoint has the weights).
     """

@@ -16,11 +16,11 @@ from vartok.models.losses import check_gan_loss
 class LossWeights:
     """Args:
     l1, l2: pixel losses on [0, 1] images.
-    commit, entropy, codebook: weights of the quantizer's UNWEIGHTED losses (SPEC.md §1); a loss the
+    commit, entropy, codebook: weights of the quantizer's UNWEIGHTED losses (docs/definitions.md §1); a loss the
         quantizer does not produce is ignored.
     entropy_start, entropy_decay_steps: the entropy weight starts at `entropy_start` and decays linearly
         to `entropy` over the first steps (None = constant).
-    lpips: weight of the LPIPS-VGG perceptual loss (0 = off; frozen network, SPEC.md §5).
+    lpips: weight of the LPIPS-VGG perceptual loss (0 = off; frozen network, docs/definitions.md §5).
     gan: weight of the generator's adversarial loss (0 = no discriminator at all).
     gan_start_step: training step at which the discriminator starts (before it: no discriminator forward,
         update or adversarial term).

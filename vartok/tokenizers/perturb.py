@@ -1,4 +1,4 @@
-"""Latent perturbation P(α, δ) (SPEC.md §3): one operator for training (the decoder sees code errors) and pFID.
+"""Latent perturbation P(α, δ) (docs/definitions.md §3): one operator for training (the decoder sees code errors) and pFID.
 
 For every symbol independently, with probability α, its index is replaced by one drawn uniformly from the δ
 codes nearest to the symbol's continuous latent, EXCLUDING its own code, so α is the exact symbol-error rate.
@@ -89,7 +89,7 @@ class Ramp:
 
 @dataclass
 class PerturbationConfig:
-    """Settings of the training perturbation (SPEC.md §3).
+    """Settings of the training perturbation (docs/definitions.md §3).
 
     Args:
         alpha: symbol-error rate α in [0, 1] (at and before `start_step` when `alpha_end` is set).
@@ -226,7 +226,7 @@ def smallest_sums(costs: Tensor, values: Tensor, count: int) -> Tensor:
 
 
 def nearest_codes(quantizer: Quantizer, x: Tensor, count: int) -> Tensor:
-    """The `count` codes nearest to each symbol latent (SPEC.md §3), nearest first.
+    """The `count` codes nearest to each symbol latent (docs/definitions.md §3), nearest first.
 
     Args:
         quantizer: the quantizer the latents belong to.
@@ -382,7 +382,7 @@ class LatentPerturbation:
 
 
 def pfid_perturbation(tokenizer: Any, alpha: float, delta: int) -> Callable[..., Tensor]:
-    """The pFID variant P(α, δ) with β = 1 for `vartok.metrics.evaluate(perturbations=...)` (SPEC.md §4).
+    """The pFID variant P(α, δ) with β = 1 for `vartok.metrics.evaluate(perturbations=...)` (docs/definitions.md §4).
 
     Args:
         tokenizer: a vartok Tokenizer (its `quantizer` is read at call time, so moving it later is fine).

@@ -48,7 +48,7 @@ class Encoded(NamedTuple):
 class TokenizerOutput(NamedTuple):
     """Args:
     recon: (B, 3, H, W) reconstruction in [0, 1] space, unclamped (for the losses).
-    quantizer: QuantizerOutput of SPEC.md §1 on all N tokens.
+    quantizer: QuantizerOutput of docs/definitions.md §1 on all N tokens.
     keep_len: (B,) per-sample lengths the decoder saw, or None (= `length` for every sample).
     length: decoder sequence length of this step.
     decoder_codes: (B, length, D) what the decoder read (after any perturbation).
@@ -61,7 +61,7 @@ class TokenizerOutput(NamedTuple):
     decoder_codes: Tensor
 
 
-#: A perturbation hook (SPEC.md §3): (codes, latents, quantizer output, step) -> decoder codes.
+#: A perturbation hook (docs/definitions.md §3): (codes, latents, quantizer output, step) -> decoder codes.
 Perturbation = Callable[[Tensor, Tensor, QuantizerOutput, int], Tensor]
 
 
@@ -72,7 +72,7 @@ class Tokenizer(nn.Module):
         encoder: images (B, 3, H, W) in [-1, 1] -> latents (B, N, D).
         quantizer: a `vartok.models.quantizers.Quantizer` of width D.
         decoder: codes (B, k, D) -> images in [-1, 1].
-        length_policy: training-time token dropping (SPEC.md §2); None = always N tokens.
+        length_policy: training-time token dropping (docs/definitions.md §2); None = always N tokens.
         config: the TokenizerConfig the parts were built from (needed by save_pretrained).
     """
 

@@ -1,4 +1,4 @@
-"""Quantizers behind one interface (SPEC.md §1): `build_quantizer(name, dim, **kw)`."""
+"""Quantizers behind one interface (docs/definitions.md §1): `build_quantizer(name, dim, **kw)`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register_quantizer(name: str) -> Callable:
 
 
 def build_quantizer(name: str, dim: int, **kwargs: Any) -> Quantizer:
-    """Build the quantizer `name` for latents of width `dim` (see SPEC.md §1 for the keywords)."""
+    """Build the quantizer `name` for latents of width `dim` (see docs/definitions.md §1 for the keywords)."""
     if name not in QUANTIZERS:
         raise ValueError(f"unknown quantizer {name!r}; allowed: {', '.join(sorted(QUANTIZERS))}")
     if not isinstance(dim, int) or dim < 1:

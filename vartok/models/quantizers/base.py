@@ -1,4 +1,4 @@
-"""The one quantizer interface of SPEC.md §1.
+"""The one quantizer interface of docs/definitions.md §1.
 
 Every quantizer maps latents z (B, N, D) to straight-through codes of the same shape and integer
 indices, and reports UNWEIGHTED losses and detached statistics. Weights live in the training module.

@@ -1,4 +1,4 @@
-"""Shared math of the binary quantizers `lfq`, `bsq` and `gq` (SPEC.md §1.1).
+"""Shared math of the binary quantizers `lfq`, `bsq` and `gq` (docs/definitions.md §1.1).
 
 A token's code is K bits (+1 <-> bit 1, -1 <-> bit 0), split into G groups of k = K/G bits; each group is
 an integer index, MSB first (the first latent channel of a group is its most significant bit).

@@ -1,6 +1,6 @@
 """Binary spherical quantization (`bsq`, Zhao et al. 2024): u = v/‖v‖ on the unit sphere, q = sign(u)/√K.
 
-Entropy definition (SPEC.md §1.1 with the "√K scaling"): the soft assignment uses the sphere rescaled to
+Entropy definition (docs/definitions.md §1.1 with the "√K scaling"): the soft assignment uses the sphere rescaled to
 radius √K, s = √K·u, whose components have the unit scale of ±1 bits: p(c) ∝ exp(2<s, c>/τ) over
 c ∈ {-1, +1}^K, i.e. p(c) ∝ exp(2K<u, ĉ>/τ) over the actual codes ĉ = c/√K, and per bit
 p(bit_i = 1) = σ(4√K·u_i/τ). Default τ = 1.0. BSQ-ViT's inv_temperature β (logit 4β·u_i/√K) is K/τ.

@@ -1,7 +1,7 @@
 """Grouped lookup-free quantization (`gq`, WeTok-style): K sign bits split into G groups of k = K/G bits.
 
 This module holds the general binary quantizer; `lfq` is the one-group case and `bsq` adds the unit-sphere
-normalisation. The entropy math lives in `binary.py` (SPEC.md §1.1).
+normalisation. The entropy math lives in `binary.py` (docs/definitions.md §1.1).
 """
 
 from __future__ import annotations
