@@ -105,19 +105,21 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         print(f"vartok-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    finally:
-        close_process_group()
 
 
-def close_process_group() -> None:
-    """End the distributed process group before the interpreter exits: left to the interpreter's shutdown,
-    gloo's threads can abort the process ("terminate called without an active exception", exit code -6)
-    after a successful run, and the job would count as failed."""
+def cli() -> None:
+    """The `vartok-train` command (and `python train.py`): `main`, then the distributed process group is ended
+    before the interpreter exits. Left to the interpreter's shutdown, gloo's threads can abort the process
+    ("terminate called without an active exception", exit code -6) after a successful run, and the job would
+    count as failed. Python callers of `main` keep their process group."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        main()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    cli()
