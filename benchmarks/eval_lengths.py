@@ -64,12 +64,13 @@ def model_only(tok: Tokenizer, batches: list[torch.Tensor], lengths: list[int], 
 def through_evaluate(tok: Tokenizer, batches: list[torch.Tensor], lengths: list[int], repeats: int) -> dict:
     """`vartok.metrics.evaluate` with all lengths at once vs once per length (PSNR, SSIM; no baselines)."""
     from vartok.metrics.evaluation import evaluate
+    from vartok.metrics.plan import EvalPlan
 
     loader = [{"image": (b * 255).round().to(torch.uint8), "valid": torch.ones(len(b), dtype=torch.bool)}
               for b in batches]
     kwargs = {"metrics": {"psnr", "ssim"}, "baselines": False, "show": False, "grid_images": 0}
-    one = best_time(lambda: evaluate(tok, loader, lengths, **kwargs), repeats)
-    many = best_time(lambda: [evaluate(tok, loader, [k], **kwargs) for k in lengths], repeats)
+    one = best_time(lambda: evaluate(tok, loader, EvalPlan(lengths, **kwargs)), repeats)
+    many = best_time(lambda: [evaluate(tok, loader, EvalPlan([k], **kwargs)) for k in lengths], repeats)
     images = sum(len(b) for b in batches)
     return {"one_encode_s": one, "independent_s": many, "speedup": many / one,
             "images_per_s_all_lengths": images / one}

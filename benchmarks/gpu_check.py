@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +30,15 @@ from PIL import Image
 from vartok.data import ImageDataModule
 from vartok.data.tar_writer import ShardWriter
 from vartok.metrics.callbacks import EvaluationCallback
-from vartok.metrics.testing import make_random_inception_weights
 from vartok.tokenizers import LengthPolicy
-from vartok.tokenizers.module import TokenizerModule
-from vartok.tokenizers.objectives import LossWeights, Optimization
 from vartok.tokenizers.perturb import PerturbationConfig
+from vartok.tokenizers.training.module import TokenizerModule
+from vartok.tokenizers.training.settings import LossWeights, Optimization
+
+# run as `python benchmarks/<name>.py`: the repository root is not on sys.path, and the random-weights
+# maker is a test double (tests/fixtures/doubles.py), not part of the vartok package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fixtures.doubles import make_random_inception_weights
 
 MODES = {
     "tail_drop_sample": {"length_policy": LengthPolicy(mode="tail_drop", granularity="sample", p_full=0.1)},

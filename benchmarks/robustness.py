@@ -5,7 +5,8 @@
 Train them with `vartok-train fit --config configs/demo_vq.yaml` and `--config configs/demo_robust.yaml`; give
 several exports per arm (other training seeds) to see how much of a difference is the training run. Without
 --inception-weights the FID network is a randomly initialised Inception-v3 (batch norms calibrated on the demo
-crops, vartok.metrics.testing), `--networks` of them, and the FID numbers are only comparable within this run.
+crops, tests/fixtures/doubles.py), `--networks` of them, and the FID numbers are only comparable within this
+run.
 `pfid_rise` (pFID − rFID per network and seed, mean and sd) is the robustness figure: a paired difference, far
 less noisy than comparing pFID across models. Prints one JSON object (progress on stderr); ~2.5 min per model
 and network at 256 images on 2 CPU cores.
@@ -24,11 +25,16 @@ from torch import Tensor
 
 from vartok.data import demo_shards, val_loader
 from vartok.metrics.evaluation import evaluate
-from vartok.metrics.fid import build_inception
+from vartok.metrics.plan import EvalPlan, Networks
 from vartok.metrics.quality import psnr_per_image
-from vartok.metrics.testing import make_random_inception_weights
+from vartok.nets.inception import build_inception
 from vartok.tokenizers import load_tokenizer
 from vartok.tokenizers.perturb import pfid_perturbation
+
+# run as `python benchmarks/<name>.py`: the repository root is not on sys.path, and the random-weights
+# maker is a test double (tests/fixtures/doubles.py), not part of the vartok package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.fixtures.doubles import make_random_inception_weights
 
 SEEDS = (0, 1)  # of every perturbed measurement, pFID and PSNR alike
 
@@ -71,9 +77,10 @@ def measure(tok, data: list[dict], networks: list, feature: int, alphas: list[fl
     perturbations = {f"{a:g}": pfid_perturbation(tok, a, delta) for a in alphas}
     rfid, pfid, rise = [], {name: [] for name in perturbations}, {name: [] for name in perturbations}
     for network in networks:
-        report = evaluate(tok, data, [tok.num_tokens], metrics={"rfid", "pfid"}, fid_network=network,
-                          fid_feature=feature, perturbations=perturbations, pfid_seeds=SEEDS, baselines=False,
-                          grid_images=0, show=False, distributed=False)
+        plan = EvalPlan([tok.num_tokens], {"rfid", "pfid"}, networks=Networks(network, fid_feature=feature),
+                        perturbations=perturbations, pfid_seeds=SEEDS, baselines=False, grid_images=0, show=False,
+                        distributed=False)
+        report = evaluate(tok, data, plan)
         entry = report["lengths"][str(tok.num_tokens)]
         rfid.append(entry["rfid"])
         for name, value in entry["pfid"].items():

@@ -32,8 +32,8 @@ TINY_SHAPE = {"image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads
 def environment(tmp_path_factory) -> dict:
     """Shards of 32 px photo crops and a torch hub cache holding randomly initialised FID Inception and LPIPS
     weights under their official file names (the recipes resolve them from there; nothing is downloaded)."""
-    from vartok.metrics.lpips_net import LPIPS
-    from vartok.metrics.testing import make_random_inception_weights, photo_crops
+    from tests.fixtures.doubles import make_random_inception_weights, photo_crops
+    from vartok.nets.lpips import LPIPS
 
     root = tmp_path_factory.mktemp("configs_ddp")
     photo_shards(root / "shards", count=48, size=32, shards=4)

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader
 
 from tests.fixtures.processes import assert_tree_close, free_port, state_hash
 from vartok.metrics.callbacks import EvaluationCallback
-from vartok.metrics.weights import WeightsNotFoundError
-from vartok.tokenizers.module import TokenizerModule
-from vartok.tokenizers.objectives import LossWeights, Optimization
+from vartok.nets.weights import WeightsNotFoundError
+from vartok.tokenizers.training.module import TokenizerModule
+from vartok.tokenizers.training.settings import LossWeights, Optimization
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD, VAL_COUNT, EVAL_BATCH, SUBSET = 2, 13, 2, 8
@@ -135,7 +135,7 @@ def test_callback_lengths_beyond_the_tokenizer_stop_fit_at_its_start(tmp_path) -
 
 
 def test_callback_pfid_at_alpha_zero_equals_rfid(tmp_path) -> None:
-    from vartok.metrics.testing import make_random_inception_weights, photo_crops
+    from tests.fixtures.doubles import make_random_inception_weights, photo_crops
 
     weights = make_random_inception_weights(tmp_path / "inc.pth", photo_crops(8, 48, seed=1))
     callback = EvaluationCallback(every_n_steps=2, num_images=6, metrics=["rfid", "pfid"], batch_size=3,
@@ -178,16 +178,16 @@ def _gan_fit(args: dict, strategy: str, callbacks: list) -> tuple[TokenizerModul
 
 
 def _eval_over_loader(args: dict, rank: int, world: int, workers: int) -> dict:
+    from tests.fixtures.doubles import ThumbnailTokenizer
     from vartok.data import val_loader
-    from vartok.metrics import evaluate
-    from vartok.metrics.fid import build_inception
-    from vartok.metrics.lpips_net import LPIPS
-    from vartok.metrics.testing import ThumbnailTokenizer
+    from vartok.metrics import EvalPlan, Networks, evaluate
+    from vartok.nets.inception import build_inception
+    from vartok.nets.lpips import LPIPS
 
     loader = val_loader(args["val"], 16, EVAL_BATCH, num_workers=workers, rank=rank, world_size=world)
-    return evaluate(ThumbnailTokenizer(16), loader, LENGTHS, ["psnr", "ssim", "lpips", "rfid"], "cpu",
-                    fid_network=build_inception(args["inception"], 64), lpips_net=LPIPS(args["lpips"]),
-                    baselines=False, grid_images=0, show=False)
+    networks = Networks(inception=build_inception(args["inception"], 64), lpips=LPIPS(args["lpips"]))
+    return evaluate(ThumbnailTokenizer(16), loader, EvalPlan(LENGTHS, ["psnr", "ssim", "lpips", "rfid"], "cpu",
+                                                             networks, baselines=False, grid_images=0, show=False))
 
 
 def main(args: dict) -> None:
@@ -221,9 +221,9 @@ def main(args: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> tuple[dict, list[dict]]:
+    from tests.fixtures.doubles import make_random_inception_weights, photo_crops
     from tests.fixtures.photo_shards import photo_shards
-    from vartok.metrics.lpips_net import LPIPS
-    from vartok.metrics.testing import make_random_inception_weights, photo_crops
+    from vartok.nets.lpips import LPIPS
 
     tmp = tmp_path_factory.mktemp("ddp_eval")
     args = {"train": photo_shards(tmp / "train", count=32, size=16, shards=2, seed=1),
@@ -243,9 +243,9 @@ def ddp_run(tmp_path_factory) -> tuple[dict, list[dict]]:
 @pytest.mark.slow
 def test_ddp_gan_fit_with_delayed_discriminator_and_synced_callback(ddp_run) -> None:
     from vartok.data import val_loader
-    from vartok.metrics import evaluate
-    from vartok.metrics.fid import build_inception
-    from vartok.metrics.lpips_net import LPIPS
+    from vartok.metrics import EvalPlan, Networks, evaluate
+    from vartok.nets.inception import build_inception
+    from vartok.nets.lpips import LPIPS
     from vartok.tokenizers import Tokenizer
 
     args, ranks = ddp_run
@@ -264,9 +264,9 @@ def test_ddp_gan_fit_with_delayed_discriminator_and_synced_callback(ddp_run) -> 
     images = torch.stack([by_key[k] for k in keys])
     batch = [{"image": images, "valid": torch.ones(len(keys), dtype=torch.bool), "key": keys}]
     tok = Tokenizer.from_pretrained(Path(args["out"]) / "export")
-    single = evaluate(tok, batch, [tok.num_tokens], ["psnr", "lpips", "rfid"], "cpu",
-                      fid_network=build_inception(args["inception"], 64), lpips_net=LPIPS(args["lpips"]),
-                      baselines=False, grid_images=0, show=False)
+    networks = Networks(inception=build_inception(args["inception"], 64), lpips=LPIPS(args["lpips"]))
+    single = evaluate(tok, batch, EvalPlan([tok.num_tokens], ["psnr", "lpips", "rfid"], "cpu", networks,
+                                           baselines=False, grid_images=0, show=False))
     got, expected = ranks[0]["callback"]["lengths"], single["lengths"]
     for name in ("psnr", "lpips", "rfid"):
         full = str(tok.num_tokens)

@@ -1,6 +1,6 @@
 """vartok's FID equals torch-fidelity's FID on the same images with the same Inception weights file, and a
 plain numpy/scipy FID of the same features. The weights are random (no download) but informative: He-init
-convolutions and batch-norm statistics estimated on photographs (vartok.metrics.testing)."""
+convolutions and batch-norm statistics estimated on photographs (tests/fixtures/doubles.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from vartok.metrics.fid import FIDBank, build_inception, fid_from_features
-from vartok.metrics.testing import make_random_inception_weights, photo_crops
+from tests.fixtures.doubles import make_random_inception_weights, photo_crops
+from vartok.metrics.fid import FIDBank, fid_from_features
+from vartok.nets.inception import build_inception
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

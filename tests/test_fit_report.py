@@ -132,11 +132,11 @@ def test_bounded_end_of_fit_report_measures_baselines_on_the_same_images(tmp_pat
     from tests.fixtures.photo_shards import photo_shards
     from vartok.cli.train import export_and_report
     from vartok.data import ImageDataModule
-    from vartok.metrics import evaluate
+    from vartok.metrics import EvalPlan, evaluate
     from vartok.metrics.baselines import BaselineStats
     from vartok.tokenizers import Tokenizer
-    from vartok.tokenizers.module import TokenizerModule
-    from vartok.tokenizers.objectives import Optimization
+    from vartok.tokenizers.training.module import TokenizerModule
+    from vartok.tokenizers.training.settings import Optimization
 
     train = photo_shards(tmp_path / "train", count=16, size=16, shards=2, seed=1)
     val = photo_shards(tmp_path / "val", count=13, size=16, shards=3, seed=2)
@@ -161,7 +161,7 @@ def test_bounded_end_of_fit_report_measures_baselines_on_the_same_images(tmp_pat
     images = torch.stack(list(pixels.values())[:5])
     tok = Tokenizer.from_pretrained(tmp_path / "run" / "export")
     batch = [{"image": images, "valid": torch.ones(5, dtype=torch.bool), "key": list(pixels)[:5]}]
-    single = evaluate(tok, batch, [1, 2, 4], ["psnr", "ssim"], baselines=False, grid_images=0, show=False)
+    single = evaluate(tok, batch, EvalPlan([1, 2, 4], ["psnr", "ssim"], baselines=False, grid_images=0, show=False))
     budgets = [report["lengths"][k]["bytes_per_image"] for k in ("1", "2", "4")]
     for k in ("1", "2", "4"):
         for name in ("psnr", "ssim"):
@@ -184,7 +184,7 @@ def test_bounded_end_of_fit_report_measures_baselines_on_the_same_images(tmp_pat
 def test_report_settings_are_checked_when_the_config_is_parsed(tmp_path, monkeypatch, capsys) -> None:
     from vartok.cli.train import VartokCLI
     from vartok.data import ImageDataModule
-    from vartok.tokenizers.module import TokenizerModule
+    from vartok.tokenizers.training.module import TokenizerModule
 
     monkeypatch.chdir(tmp_path)
 
@@ -208,7 +208,7 @@ def test_imagenet_recipes_measure_psnr_and_rfid_and_bound_the_end_of_fit_report(
     from vartok.cli.train import VartokCLI
     from vartok.data import ImageDataModule
     from vartok.metrics.callbacks import EvaluationCallback
-    from vartok.tokenizers.module import TokenizerModule
+    from vartok.tokenizers.training.module import TokenizerModule
 
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs" / "imagenet" / f"{name}.yaml"), *fake_shards(tmp_path),

@@ -59,6 +59,7 @@ def main(args: dict) -> None:
     from vartok.metrics import fit_report
     from vartok.metrics.baselines import BaselineStats
     from vartok.metrics.evaluation import Evaluation, evaluate
+    from vartok.metrics.plan import EvalPlan
     from vartok.metrics.subset import ShardSubset
     from vartok.tokenizers import Tokenizer
 
@@ -91,7 +92,7 @@ def main(args: dict) -> None:
     # One image on two ranks: rank 0's share is empty, yet it must take part in every sync.
     tok = Tokenizer.from_pretrained(Path(args["out"]) / "export")
     subset = ShardSubset(args["val"], 16, 3, num_images=1, rank=rank, world=WORLD)
-    record["one_image"] = evaluate(tok, subset, [1, 2, 4], ["psnr", "ssim"], grid_images=0, show=False)
+    record["one_image"] = evaluate(tok, subset, EvalPlan([1, 2, 4], ["psnr", "ssim"], grid_images=0, show=False))
     Path(args["out"], f"rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -102,12 +103,12 @@ def main(args: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_end_of_fit_report_under_ddp_is_split_over_ranks_and_equals_one_process(tmp_path) -> None:
+    from tests.fixtures.doubles import make_random_inception_weights, photo_crops
     from tests.fixtures.photo_shards import photo_shards
     from vartok.data import val_loader
-    from vartok.metrics import evaluate
-    from vartok.metrics.fid import build_inception
-    from vartok.metrics.lpips_net import LPIPS
-    from vartok.metrics.testing import make_random_inception_weights, photo_crops
+    from vartok.metrics import EvalPlan, Networks, evaluate
+    from vartok.nets.inception import build_inception
+    from vartok.nets.lpips import LPIPS
     from vartok.tokenizers import Tokenizer
 
     args = {"train": photo_shards(tmp_path / "train", count=32, size=16, shards=2, seed=1),
@@ -149,10 +150,10 @@ def test_end_of_fit_report_under_ddp_is_split_over_ranks_and_equals_one_process(
     oracle_keys = [k for b in batches for k, ok in zip(b["key"], b["valid"].tolist()) if ok][:REPORT_IMAGES]
     assert keys == oracle_keys
     tok = Tokenizer.from_pretrained(tmp_path / "out" / "export")
+    networks = Networks(inception=build_inception(args["inception"], 64), lpips=LPIPS(args["lpips"]))
     single = evaluate(tok, [{"image": images, "valid": torch.ones(REPORT_IMAGES, dtype=torch.bool),
-                             "key": oracle_keys}], [1, 2, 4], METRICS,
-                      fid_network=build_inception(args["inception"], 64), lpips_net=LPIPS(args["lpips"]),
-                      grid_images=0, show=False)
+                             "key": oracle_keys}], EvalPlan([1, 2, 4], METRICS, networks=networks, grid_images=0,
+                                                            show=False))
     single = json.loads(json.dumps(single))
     for k in ("1", "2", "4"):
         assert set(METRICS) <= set(single["lengths"][k])

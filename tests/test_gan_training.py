@@ -13,10 +13,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from vartok.models.weights import WeightsNotFoundError
+from vartok.nets.weights import WeightsNotFoundError
 from vartok.tokenizers import LengthPolicy, Tokenizer, load_tokenizer
-from vartok.tokenizers.module import TokenizerModule
-from vartok.tokenizers.objectives import LossWeights, Optimization
+from vartok.tokenizers.training.module import TokenizerModule
+from vartok.tokenizers.training.settings import LossWeights, Optimization
 
 START, STEPS, BATCH = 3, 6, 8  # 32 images / 8 = 4 steps per epoch
 
@@ -206,4 +206,4 @@ def test_gan_config_errors_are_raised_at_construction() -> None:
     with pytest.raises(ValueError, match=r"model.discriminator has unknown arguments \['depth'\]"):
         TokenizerModule(preset="demo_tiny", loss=LossWeights(gan=0.1), discriminator={"depth": 2})
     plain = TokenizerModule(preset="demo_tiny")
-    assert plain.discriminator is None and plain.lecam is None and plain.perceptual_loss() is None
+    assert plain.discriminator is None and plain.lecam is None and plain.objective.perceptual(plain.device) is None

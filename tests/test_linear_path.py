@@ -1,6 +1,8 @@
 """The global linear path: PCA start against an independent eigendecomposition, ordering under truncation,
 its optimizer group, size limit, and its start inside a fit (and not on resume)."""
 
+from unittest import mock
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -10,9 +12,10 @@ from tests.test_training import make_data, make_trainer, shards  # noqa: F401  (
 from vartok.models.linear_path import PCA_SPREAD
 from vartok.tokenizers import LengthPolicy
 from vartok.tokenizers.config import preset_config
-from vartok.tokenizers.module import TokenizerModule
-from vartok.tokenizers.objectives import Optimization, parameter_groups
 from vartok.tokenizers.tokenizer import Tokenizer
+from vartok.tokenizers.training.module import TokenizerModule
+from vartok.tokenizers.training.optim import parameter_groups
+from vartok.tokenizers.training.settings import Optimization
 
 TINY = {"num_tokens": 4, "global_linear": True}  # demo_tiny: 16 px, fsq [5, 5, 5] -> D = 3, 12 components
 
@@ -111,10 +114,10 @@ def test_fit_starts_the_linear_path_at_pca_and_resume_keeps_the_checkpoint(shard
     # Resume: the linear path is the checkpoint's, not a new PCA.
     resumed = linear_module()
     calls = []
-    resumed.init_linear_path = lambda: calls.append(1)  # a resumed fit must not run a new PCA at all
     again = StartRecorder()
-    make_trainer(tmp_path / "b", 12, callbacks=[again]).fit(resumed, make_data(shards),
-                                                           ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    with mock.patch("vartok.tokenizers.training.module.start_linear_path", lambda *a: calls.append(1)):
+        make_trainer(tmp_path / "b", 12, callbacks=[again]).fit(resumed, make_data(shards),
+                                                               ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(again.weight, saved["tokenizer.encoder.linear_path.linear.weight"])
     assert calls == []

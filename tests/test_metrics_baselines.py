@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from tests.fixtures.doubles import photo_crops
 from vartok.metrics.baselines import INFEASIBLE, BaselineStats, Setting, baseline_table, encode_decode
-from vartok.metrics.testing import photo_crops
 
 
 @pytest.fixture(scope="module")

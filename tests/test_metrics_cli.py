@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import vartok.data
+from tests.fixtures.doubles import ThumbnailTokenizer, photo_crops
 from vartok.cli.evaluate import main
 from vartok.metrics.quality import psnr_per_image
-from vartok.metrics.testing import ThumbnailTokenizer, photo_crops
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

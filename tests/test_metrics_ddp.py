@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.fixtures.doubles import ThumbnailTokenizer, make_random_inception_weights, photo_crops
 from tests.fixtures.processes import assert_tree_close, free_port
-from vartok.metrics import evaluate
-from vartok.metrics.fid import build_inception
-from vartok.metrics.lpips_net import LPIPS
-from vartok.metrics.testing import ThumbnailTokenizer, make_random_inception_weights, photo_crops
+from vartok.metrics import EvalPlan, Networks, evaluate
+from vartok.nets.inception import build_inception
+from vartok.nets.lpips import LPIPS
 
 WORLD, BATCH, COUNT, SIZE = 2, 2, 11, 16
 LENGTHS = [2, 12]
@@ -46,9 +46,10 @@ def batches(images: torch.Tensor, rank: int, world: int) -> list[dict]:
 
 
 def run(images: torch.Tensor, weights: str, rank: int, world: int, out_dir: str, distributed: bool = True) -> dict:
-    return evaluate(ThumbnailTokenizer(SIZE), batches(images, rank, world), LENGTHS, METRICS, "cpu", out_dir,
-                    perturbations={"scramble": _scramble}, fid_network=build_inception(weights, 64),
-                    lpips_net=LPIPS(random_init=True, seed=0), grid_images=2, show=False, distributed=distributed)
+    networks = Networks(inception=build_inception(weights, 64), lpips=LPIPS(random_init=True, seed=0))
+    plan = EvalPlan(LENGTHS, METRICS, "cpu", networks, perturbations={"scramble": _scramble}, grid_images=2,
+                    show=False, distributed=distributed)
+    return evaluate(ThumbnailTokenizer(SIZE), batches(images, rank, world), plan, out_dir)
 
 
 def worker(rank: int, port: int, folder: str, weights: str) -> None:

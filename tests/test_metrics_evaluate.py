@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from vartok.metrics import evaluate
+from tests.fixtures.doubles import ThumbnailTokenizer, TinyFeatureNet, photo_crops
+from vartok.metrics import EvalPlan, Networks, evaluate
 from vartok.metrics.fid import fid_from_features
-from vartok.metrics.lpips_net import LPIPS
 from vartok.metrics.quality import ssim_per_image
-from vartok.metrics.testing import ThumbnailTokenizer, TinyFeatureNet, photo_crops
-from vartok.metrics.weights import WeightsNotFoundError
+from vartok.nets.lpips import LPIPS
+from vartok.nets.weights import WeightsNotFoundError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE = 16
@@ -61,8 +61,8 @@ def _decode_u8(tok: ThumbnailTokenizer, images: torch.Tensor, k: int) -> torch.T
 def test_figures_equal_direct_computation(images: torch.Tensor, lpips_net: LPIPS) -> None:
     tok, net = ThumbnailTokenizer(SIZE), TinyFeatureNet()
     lengths = [1, 4, 12]
-    report = evaluate(tok, loader(images, 4), lengths, {"psnr", "ssim", "lpips", "rfid"}, fid_network=net,
-                      lpips_net=lpips_net, show=False)
+    report = evaluate(tok, loader(images, 4), EvalPlan(lengths, {"psnr", "ssim", "lpips", "rfid"},
+                                                       networks=Networks(net, lpips_net), show=False))
     assert tok.calls.tolist() == [3, 3 * len(lengths)]  # one encoder pass per batch, one decode per k
     assert report["num_images"] == 10 and report["padding_samples"] == 2 and not report["unavailable"]
     reference = tok.encode(images.float() / 255).indices.numpy()
@@ -87,10 +87,9 @@ def test_figures_equal_direct_computation(images: torch.Tensor, lpips_net: LPIPS
 
 
 def test_padding_and_batching_do_not_change_results(images: torch.Tensor) -> None:
-    kwargs = {"fid_network": TinyFeatureNet(), "show": False, "baselines": True}
-    padded = evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), [2, 12], {"psnr", "ssim", "rfid"}, **kwargs)
-    plain = evaluate(ThumbnailTokenizer(SIZE), loader(images, 3, pad=False), [2, 12], {"psnr", "ssim", "rfid"},
-                     **kwargs)
+    plan = EvalPlan([2, 12], {"psnr", "ssim", "rfid"}, networks=Networks(TinyFeatureNet()), show=False)
+    padded = evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), plan)
+    plain = evaluate(ThumbnailTokenizer(SIZE), loader(images, 3, pad=False), plan)
     for k in ("2", "12"):
         for key in ("psnr", "ssim", "rfid"):
             assert padded["lengths"][k][key] == pytest.approx(plain["lengths"][k][key], rel=1e-6)
@@ -112,9 +111,10 @@ def test_pfid_of_identity_equals_rfid_exactly(images: torch.Tensor) -> None:
         return torch.where(flip, torch.randint(0, 256, indices.shape, generator=generator), indices)
 
     def run(batch: int = 4) -> dict:
-        return evaluate(ThumbnailTokenizer(SIZE), loader(images, batch), [4, 12], {"rfid", "pfid"},
+        plan = EvalPlan([4, 12], {"rfid", "pfid"}, networks=Networks(TinyFeatureNet()),
                         perturbations={"identity": identity, "scramble": scramble}, pfid_seeds=[0, 1],
-                        fid_network=TinyFeatureNet(), baselines=False, show=False)
+                        baselines=False, show=False)
+        return evaluate(ThumbnailTokenizer(SIZE), loader(images, batch), plan)
 
     report = run()
     entry = report["lengths"]["12"]
@@ -128,21 +128,21 @@ def test_pfid_of_identity_equals_rfid_exactly(images: torch.Tensor) -> None:
 
 
 def test_missing_weights_are_listed_unavailable_never_substituted(images: torch.Tensor, tmp_path) -> None:
-    report = evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), [12], {"psnr", "lpips", "rfid", "pfid"},
-                      perturbations={"identity": lambda i, s: i}, baselines=False, show=False)
+    report = evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), EvalPlan(
+        [12], {"psnr", "lpips", "rfid", "pfid"}, perturbations={"identity": lambda i, s: i}, baselines=False, show=False))
     entry = report["lengths"]["12"]
     assert "psnr" in entry and not {"lpips", "rfid", "pfid"} & set(entry)
     assert "vgg16-397923af.pth" in report["unavailable"]["lpips"]
     assert "--inception-weights" in report["unavailable"]["rfid"] and "pfid" in report["unavailable"]
     with pytest.raises(WeightsNotFoundError, match="typo.pth"):
-        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), [12], {"rfid"}, inception_weights=tmp_path / "typo.pth",
-                 show=False)
+        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4),
+                 EvalPlan([12], {"rfid"}, networks=Networks(inception_weights=tmp_path / "typo.pth"), show=False))
 
 
 def test_writes_report_json_rd_and_grid(images: torch.Tensor, tmp_path) -> None:
     tok = ThumbnailTokenizer(SIZE, groups=2)
-    report = evaluate(tok, loader(images, 4), [1, 2, 12], {"psnr", "ssim"}, out_dir=tmp_path, grid_images=3,
-                      show=True)
+    report = evaluate(tok, loader(images, 4), EvalPlan([1, 2, 12], {"psnr", "ssim"}, grid_images=3, show=True),
+                      tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert list(saved)[:8] == ["num_images", "image_size", "tokenizer", "lengths", "codebook", "baselines",
                                "skipped", "unavailable"]
@@ -163,8 +163,9 @@ def test_reference_statistics_cache(images: torch.Tensor, tmp_path) -> None:
     def run(batch_images: torch.Tensor) -> tuple[dict, TinyFeatureNet]:
         net = TinyFeatureNet()
         net.weights_path = str(weights)
-        report = evaluate(ThumbnailTokenizer(SIZE), loader(batch_images, 4), [12], {"rfid"}, fid_network=net,
-                          fid_stats_dir=tmp_path / "cache", data_id="photos", baselines=False, show=False)
+        plan = EvalPlan([12], {"rfid"}, networks=Networks(net), fid_stats_dir=tmp_path / "cache", data_id="photos",
+                        baselines=False, show=False)
+        report = evaluate(ThumbnailTokenizer(SIZE), loader(batch_images, 4), plan)
         return report, net
 
     first, net1 = run(images)
@@ -179,9 +180,9 @@ def test_reference_statistics_cache(images: torch.Tensor, tmp_path) -> None:
 @pytest.mark.parametrize("lengths", [[], [0], [13], [1.5]])
 def test_bad_lengths_are_one_clear_error(images: torch.Tensor, lengths: list) -> None:
     with pytest.raises(ValueError, match=r"lengths=.*1 ≤ k ≤ 12"):
-        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), lengths, {"psnr"}, show=False)
+        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), EvalPlan(lengths, {"psnr"}, show=False))
 
 
 def test_unknown_metric_is_one_clear_error(images: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="'fdi'.*psnr, ssim, lpips, rfid, pfid"):
-        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), [1], {"psnr", "fdi"}, show=False)
+        evaluate(ThumbnailTokenizer(SIZE), loader(images, 4), EvalPlan([1], {"psnr", "fdi"}, show=False))

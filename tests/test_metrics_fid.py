@@ -10,16 +10,16 @@ import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from tests.fixtures.doubles import TinyFeatureNet, make_random_inception_weights
 from vartok.metrics.fid import (
     FIDBank,
-    build_inception,
     fid_from_features,
     load_reference_stats,
     reference_stats_path,
     save_reference_stats,
 )
-from vartok.metrics.testing import TinyFeatureNet, make_random_inception_weights
-from vartok.metrics.weights import WeightsFileError, WeightsNotFoundError
+from vartok.nets.inception import build_inception
+from vartok.nets.weights import WeightsFileError, WeightsNotFoundError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from vartok.metrics.lpips_net import LPIPS, LPIPSLoss
-from vartok.metrics.weights import WeightsFileError, WeightsNotFoundError
+from vartok.nets.lpips import LPIPS, LPIPSLoss
+from vartok.nets.weights import WeightsFileError, WeightsNotFoundError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,18 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vartok.metrics import evaluate
-from vartok.metrics.testing import TinyFeatureNet, photo_crops
+from tests.fixtures.doubles import TinyFeatureNet, photo_crops
+from vartok.metrics import EvalPlan, Networks, evaluate
 from vartok.models.quantizers import build_quantizer
 from vartok.tokenizers import Tokenizer
 from vartok.tokenizers.perturb import (
     LatentPerturbation,
     PerturbationConfig,
-    Ramp,
     perturb_indices,
     pfid_perturbation,
     step_generator,
 )
+from vartok.tokenizers.ramp import Ramp
 
 # name, keywords, latent width: small codebooks so that brute force enumerates every code
 SMALL = {
@@ -261,8 +261,8 @@ def test_pfid_at_alpha_zero_equals_rfid_with_the_real_operator() -> None:
     loader = [{"image": images[i : i + 3], "valid": torch.ones(3, dtype=torch.bool),
                "key": [f"img{i + j}" for j in range(3)]} for i in (0, 3)]
     variants = {"a0": pfid_perturbation(tok, 0.0, 8), "a5": pfid_perturbation(tok, 0.5, 8)}
-    report = evaluate(tok, loader, [4], {"rfid", "pfid"}, perturbations=variants, pfid_seeds=[0, 1],
-                      fid_network=TinyFeatureNet(), baselines=False, show=False)
+    report = evaluate(tok, loader, EvalPlan([4], {"rfid", "pfid"}, networks=Networks(inception=TinyFeatureNet()),
+                                            perturbations=variants, pfid_seeds=[0, 1], baselines=False, show=False))
     entry = report["lengths"]["4"]
     assert entry["pfid"]["a0"]["per_seed"] == [entry["rfid"], entry["rfid"]]
     assert entry["pfid"]["a0"]["mean"] == entry["rfid"]

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from vartok.models.quantizers import build_quantizer
 from vartok.models.quantizers.binary import NonFiniteError, codebook_prob_sums
-from vartok.models.quantizers.schedule import WeightSchedule
 
 # (name, kwargs) with dim == bits unless stated; k <= 10 so the oracle can enumerate every code
 CASES = [
@@ -295,18 +294,6 @@ def test_non_finite_latents_raise(dim: int) -> None:
             quantizer.project_in.weight[0, 0] = float("nan")
         with pytest.raises(NonFiniteError, match=r"project_in\(z\) has 8 non-finite"):
             quantizer(torch.randn(1, 8, dim))
-
-
-def test_weight_schedule_is_linear_then_constant() -> None:
-    schedule = WeightSchedule(base=0.1, start=1.0, decay_steps=100)
-    for step in [0, 1, 37, 99, 100, 5000]:
-        expected = 1.0 + (0.1 - 1.0) * min(step, 100) / 100
-        assert schedule(step) == pytest.approx(expected)
-    assert WeightSchedule(base=0.3)(0) == 0.3 and WeightSchedule(0.3, start=2.0, decay_steps=0)(0) == 0.3
-    with pytest.raises(ValueError, match="decay_steps"):
-        WeightSchedule(0.1, start=1.0, decay_steps=-1)
-    with pytest.raises(ValueError, match="start"):
-        WeightSchedule(0.1, start=float("inf"))
 
 
 def test_entropy_loss_alone_undoes_a_collapse() -> None:

@@ -59,6 +59,23 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, quantizer):
     assert loaded.config == tok.config
 
 
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_an_older_config_json_with_some_quantizer_args_still_loads(tmp_path, quantizer):
+    # Exports written before the config recorded every constructor keyword hold only a few of them.
+    tok = Tokenizer.from_preset("demo_tiny", quantizer=quantizer).eval()
+    tok.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["tokenizer"]["quantizer_args"] == tok.config.quantizer_args  # the complete quantizer
+    partial = {"vq": {"codebook_size": 4096, "codebook_dim": 12}, "fsq": {"levels": [5, 5, 5]}}[quantizer]
+    meta["tokenizer"]["quantizer_args"] = partial
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert loaded.config == tok.config
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(images).indices, tok.encode(images).indices)
+
+
 def test_loading_imports_no_lightning(tmp_path):
     Tokenizer.from_preset("demo_tiny").save_pretrained(tmp_path)
     code = (

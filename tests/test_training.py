@@ -9,8 +9,8 @@ import torch
 from tests.fixtures.photo_shards import photo_shards
 from vartok.data import ImageDataModule
 from vartok.tokenizers import LengthPolicy
-from vartok.tokenizers.module import TokenizerModule
-from vartok.tokenizers.objectives import LossWeights, Optimization
+from vartok.tokenizers.training.module import TokenizerModule
+from vartok.tokenizers.training.settings import LossWeights, Optimization
 
 
 def make_module(**kw) -> TokenizerModule:
@@ -137,7 +137,7 @@ def test_short_fit_with_grouped_lookup_free_quantization_trains(shards, tmp_path
         loss=LossWeights(l2=1.0, entropy=0.02, entropy_start=0.1, entropy_decay_steps=20),
         optim=Optimization(lr=2e-3, warmup_steps=5, ema_decay=0.9),
     )
-    assert module.entropy_weight(0) == pytest.approx(0.1) and module.entropy_weight(20) == pytest.approx(0.02)
+    assert module.objective.entropy_weight(0) == pytest.approx(0.1) and module.objective.entropy_weight(20) == pytest.approx(0.02)
     make_trainer(tmp_path, 60, callbacks=[recorder]).fit(module, make_data(shards))
     first, last = sum(recorder.losses[:10]) / 10, sum(recorder.losses[-10:]) / 10
     assert last < 0.9 * first, (first, last)
@@ -145,3 +145,40 @@ def test_short_fit_with_grouped_lookup_free_quantization_trains(shards, tmp_path
     out = module.tokenizer.train()(images)
     for g in range(2):
         assert out.quantizer.stats[f"usage_group{g}"] >= 5 / 16, out.quantizer.stats
+
+
+def test_validation_psnr_is_the_reports_psnr(shards, tmp_path):
+    """One PSNR: `val/psnr_<k>` of the training module (EMA weights) equals report.json's `psnr` at k for the
+    same images (both of the 8-bit reconstruction); the float reconstruction's PSNR differs."""
+    from vartok.metrics import EvalPlan, evaluate
+    from vartok.metrics.quality import psnr_per_image
+
+    pl.seed_everything(0)
+    module, data = make_module(), make_data(shards)
+    make_trainer(tmp_path, 6).fit(module, data)
+    logged = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False).validate(module, data.val_dataloader(), verbose=False)[0]
+    batches = list(data.val_dataloader())
+    report = evaluate(module.export_tokenizer(), batches,
+                      EvalPlan([2, 8], ["psnr"], baselines=False, grid_images=0, show=False))
+    for k in ("2", "8"):
+        assert logged[f"val/psnr_{k}"] == pytest.approx(report["lengths"][k]["psnr"], rel=1e-6)
+    images = torch.cat([b["image"][b["valid"]] for b in batches]).float() / 255
+    tok = module.export_tokenizer()
+    with torch.no_grad():
+        float_psnr = psnr_per_image(tok.decode(tok.encode(images).indices).clamp(0, 1), images).mean().item()
+    assert float_psnr != pytest.approx(report["lengths"]["8"]["psnr"], rel=1e-6)
+
+
+def test_entropy_weight_ramps_linearly_then_stays() -> None:
+    from vartok.tokenizers.training.objective import Objective
+
+    ramp = Objective(LossWeights(entropy=0.1, entropy_start=1.0, entropy_decay_steps=100)).entropy_weight
+    for step in [0, 1, 37, 99, 100, 5000]:
+        assert ramp(step) == pytest.approx(1.0 + (0.1 - 1.0) * min(step, 100) / 100)
+    assert Objective(LossWeights(entropy=0.3)).entropy_weight(0) == 0.3
+    assert Objective(LossWeights(entropy=0.3, entropy_start=2.0)).entropy_weight(0) == 0.3  # no decay steps
+    with pytest.raises(ValueError, match="entropy_decay_steps"):
+        LossWeights(entropy_start=1.0, entropy_decay_steps=-1)
+    with pytest.raises(ValueError, match="entropy_start"):
+        LossWeights(entropy_start=float("inf"))

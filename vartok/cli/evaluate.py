@@ -102,77 +102,45 @@ def _shards(data: str) -> str | list[str]:
     return data
 
 
-def _perturbations(tokenizer: Any, alphas: list[float], delta: int) -> tuple[dict, str | None]:
-    """pFID variants from SPEC §3's operator, or the reason it is unavailable."""
+def _perturbations(tokenizer: Any, alphas: list[float], delta: int) -> tuple[dict, dict[str, str]]:
+    """pFID variants of the latent perturbation operator (docs/definitions.md §3), or why pFID is unavailable."""
     try:
         from vartok.tokenizers.perturb import pfid_perturbation
     except ImportError as err:
-        return {}, f"the latent perturbation operator is not available in this install ({err})"
-    return {f"alpha={a:g},delta={delta}": pfid_perturbation(tokenizer, a, delta) for a in alphas}, None
-
-
-@torch.no_grad()
-def target_length_report(tokenizer: Any, loader: Any, target_psnr: float, device: torch.device) -> dict:
-    """Per-image smallest k meeting `target_psnr` (the tokenizer's ``choose_length``): distribution, mean bytes."""
-    from vartok.metrics.rate import bytes_per_image
-
-    counts: dict[int, int] = {}
-    for batch in loader:
-        images = batch["image"][torch.as_tensor(batch.get("valid", [True] * len(batch["image"]))).bool()]
-        if images.shape[0] == 0:
-            continue
-        chosen = tokenizer.choose_length(images.to(device).float() / 255, target_psnr=target_psnr)
-        chosen = getattr(chosen, "lengths", chosen)
-        for k in torch.as_tensor(chosen).reshape(-1).tolist():
-            counts[int(k)] = counts.get(int(k), 0) + 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank's images
-        everyone: list[dict] = [{} for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather_object(everyone, counts)
-        counts = {k: sum(c.get(k, 0) for c in everyone) for k in set().union(*everyone)}
-    total = sum(counts.values())
-    bits = float(tokenizer.bits_per_token)
-    mean_bytes = sum(n * bytes_per_image(k, bits) for k, n in counts.items()) / max(total, 1)
-    return {"target_psnr": target_psnr, "images": total, "mean_bytes": mean_bytes,
-            "chosen_lengths": {str(k): counts[k] for k in sorted(counts)}}
+        return {}, {"pfid": f"the latent perturbation operator is not available in this install ({err})"}
+    return {f"alpha={a:g},delta={delta}": pfid_perturbation(tokenizer, a, delta) for a in alphas}, {}
 
 
 def run(args: argparse.Namespace) -> dict:
     """Load the tokenizer and the data, evaluate, write the report (rank 0)."""
     from vartok.data import val_loader
-    from vartok.metrics.evaluation import check_metrics, evaluate
-    from vartok.metrics.rate import default_lengths
-    from vartok.metrics.report import write_report
+    from vartok.metrics.evaluation import evaluate
+    from vartok.metrics.plan import EvalPlan, Networks, check_metrics
     from vartok.tokenizers import load_tokenizer
 
     _check_args(args)
     metrics = check_metrics(args.metrics.split(","))
     rank, world, device = _distributed(args.device)
     tokenizer = load_tokenizer(args.checkpoint)
-    lengths = args.lengths or default_lengths(int(tokenizer.num_tokens))
     loader = val_loader(_shards(args.data), int(tokenizer.image_size), args.batch_size, args.num_workers,
                         rank=rank, world_size=world)
-    perturbations, pfid_reason = _perturbations(tokenizer, args.pfid_alpha, args.pfid_delta) if "pfid" in metrics \
-        else ({}, None)
-    report = evaluate(
-        tokenizer, loader, lengths, metrics - ({"pfid"} if pfid_reason else set()), device, args.out,
-        perturbations=perturbations, pfid_seeds=range(args.pfid_seeds), inception_weights=args.inception_weights,
-        lpips_weights=args.lpips_weights, allow_download=args.allow_download, data_id=str(args.data),
-        fid_stats_dir=args.fid_stats_cache, baselines=not args.no_baselines,
-        baseline_images=args.baseline_images, grid_images=args.grid_images, show=True,
+    perturbations, unavailable = _perturbations(tokenizer, args.pfid_alpha, args.pfid_delta) \
+        if "pfid" in metrics else ({}, {})
+    networks = Networks(inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,
+                        allow_download=args.allow_download)
+    plan = EvalPlan(
+        lengths=args.lengths, metrics=metrics, device=device, networks=networks, perturbations=perturbations,
+        pfid_seeds=range(args.pfid_seeds), fid_stats_dir=args.fid_stats_cache, data_id=str(args.data),
+        baselines=not args.no_baselines, baseline_images=args.baseline_images, target_psnr=args.target_psnr,
+        grid_images=args.grid_images, show=True, unavailable=unavailable,
     )
-    if pfid_reason:
-        report["unavailable"]["pfid"] = pfid_reason
-    if args.target_psnr is not None:
-        report["target"] = target_length_report(tokenizer, loader, args.target_psnr, device)
-    if rank == 0 and (pfid_reason or args.target_psnr is not None):
-        write_report(report, os.path.join(args.out, "report.json"))
-    return report
+    return evaluate(tokenizer, loader, plan, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; user mistakes end with one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
-    from vartok.metrics.weights import WeightsFileError, WeightsNotFoundError
+    from vartok.nets.weights import WeightsFileError, WeightsNotFoundError
 
     try:
         run(args)

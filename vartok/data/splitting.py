@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vartok.distributed import is_distributed, rank_world
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -49,8 +51,8 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     """
     if rank is not None and world_size is not None:
         return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if is_distributed():
+        return rank_world()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 

@@ -12,10 +12,10 @@ import itertools
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from vartok.data.batch import image_batch
 from vartok.data.decode import IMAGE_EXTENSIONS, MISSING_IMAGE, SHARD_ERROR, UPSCALED, decode_image
 from vartok.data.errors import DataError
 from vartok.data.skips import STATS_KEY, SkipCounter
@@ -74,12 +74,6 @@ def decode_sample(sample: dict, size: int, rng: np.random.Generator | None, flip
     pixels, upscaled = resize_crop(decoded.image, size, rng, flip)
     counter.record_ok(decoded.notes + ((UPSCALED,) if upscaled else ()))
     return pixels
-
-
-def image_batch(pixels: list[np.ndarray], valid: list[bool], keys: list[str]) -> dict:
-    """Stack decoded samples (uint8 (H, W, 3) each) into the batch dict: image uint8 (B, 3, H, W), valid, key."""
-    image = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # (B,H,W,3) -> (B,3,H,W)
-    return {"image": image, "valid": torch.tensor(valid, dtype=torch.bool), "key": list(keys)}
 
 
 def collate(pixels: list[np.ndarray], valid: list[bool], keys: list[str], counter: SkipCounter) -> dict:

@@ -12,17 +12,19 @@ from typing import Any
 
 _EXPORTS = {
     "evaluate": "vartok.metrics.evaluation",
-    "check_lengths": "vartok.metrics.evaluation",
+    "EvalPlan": "vartok.metrics.plan",
+    "Networks": "vartok.metrics.plan",
+    "check_lengths": "vartok.metrics.plan",
     "evaluate_after_fit": "vartok.metrics.fit_report",
     "ShardSubset": "vartok.metrics.subset",
     "LoaderSubset": "vartok.metrics.subset",
-    "METRICS": "vartok.metrics.evaluation",
+    "METRICS": "vartok.metrics.plan",
     "FIDBank": "vartok.metrics.fid",
-    "build_inception": "vartok.metrics.fid",
+    "build_inception": "vartok.nets.inception",
     "fid_from_features": "vartok.metrics.fid",
     "fid_from_statistics": "vartok.metrics.fid",
-    "LPIPS": "vartok.metrics.lpips_net",
-    "LPIPSLoss": "vartok.metrics.lpips_net",
+    "LPIPS": "vartok.nets.lpips",
+    "LPIPSLoss": "vartok.nets.lpips",
     "QualityMeter": "vartok.metrics.quality",
     "psnr_per_image": "vartok.metrics.quality",
     "ssim_per_image": "vartok.metrics.quality",
@@ -33,9 +35,9 @@ _EXPORTS = {
     "default_lengths": "vartok.metrics.rate",
     "print_table": "vartok.metrics.report",
     "write_report": "vartok.metrics.report",
-    "WeightsNotFoundError": "vartok.metrics.weights",
-    "WeightsFileError": "vartok.metrics.weights",
-    "resolve_weights": "vartok.metrics.weights",
+    "WeightsNotFoundError": "vartok.nets.weights",
+    "WeightsFileError": "vartok.nets.weights",
+    "resolve_weights": "vartok.nets.weights",
 }
 
 __all__ = list(_EXPORTS)

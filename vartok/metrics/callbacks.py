@@ -21,8 +21,6 @@ metric is left out and its reason logged once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +29,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from vartok.metrics.evaluation import check_lengths, check_metrics, evaluate
+from vartok.distributed import gather_objects
+from vartok.metrics.evaluation import evaluate
+from vartok.metrics.networks import MISSING_WEIGHTS, build_networks
+from vartok.metrics.plan import METRICS, EvalPlan, Networks, check_lengths, check_metrics
 from vartok.metrics.subset import validation_subset
-from vartok.metrics.weights import WeightsNotFoundError
-
-MISSING_WEIGHTS = ("error", "unavailable")
-CALLBACK_METRICS = ("psnr", "ssim", "lpips", "rfid", "pfid")
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class EvaluationCallback(pl.Callback):
@@ -92,9 +85,6 @@ class EvaluationCallback(pl.Callback):
                 f"got {missing_weights!r}"
             )
         self.metrics = check_metrics(metrics if metrics is not None else ("psnr", "lpips", "rfid"))
-        if not self.metrics <= set(CALLBACK_METRICS):
-            raise ValueError(f"EvaluationCallback.metrics must be among {', '.join(CALLBACK_METRICS)}, got "
-                             f"{sorted(self.metrics)}")
         self.every_n_steps, self.num_images, self.lengths = every_n_steps, num_images, lengths
         self.inception_weights, self.lpips_weights = inception_weights, lpips_weights
         self.fid_feature = fid_feature
@@ -126,33 +116,13 @@ class EvaluationCallback(pl.Callback):
 
     def build_networks(self) -> None:
         """The frozen LPIPS and Inception networks the metrics need, or their reason under `unavailable`."""
-        if "lpips" in self.metrics and self.networks["lpips"] is None:
-            from vartok.metrics.lpips_net import LPIPS
-
-            build = partial(LPIPS, self.lpips_weights)
-            self.networks["lpips"] = self._build("lpips", self.lpips_weights, build)
-        fid_metrics = sorted(self.metrics & {"rfid", "pfid"})
-        if fid_metrics and self.networks["inception"] is None and not set(fid_metrics) <= set(self.unavailable):
-            from vartok.metrics.fid import build_inception
-
-            build = partial(build_inception, self.inception_weights, self.fid_feature)
-            self.networks["inception"] = self._build(fid_metrics, self.inception_weights, build)
-
-    def _build(self, metrics: str | list[str], explicit: str | None, build: Callable[[], nn.Module]) -> nn.Module | None:
-        metrics = [metrics] if isinstance(metrics, str) else metrics
-        try:
-            return build()
-        except WeightsNotFoundError as err:
-            names = "/".join(metrics)
-            if self.missing_weights == "error" or explicit is not None:
-                key = "lpips_weights" if metrics == ["lpips"] else "inception_weights"
-                raise WeightsNotFoundError(
-                    f"EvaluationCallback ({names}): {err} In a training config the path is the callback's "
-                    f"{key}; or set missing_weights: unavailable to train without {names}."
-                ) from None
-            self.unavailable.update({metric: str(err) for metric in metrics})
-            rank_zero_warn(f"EvaluationCallback: {names} unavailable: {err}")
-            return None
+        files = Networks(inception=self.networks["inception"], lpips=self.networks["lpips"],
+                         inception_weights=self.inception_weights, lpips_weights=self.lpips_weights,
+                         fid_feature=self.fid_feature)
+        before = set(self.unavailable)
+        self.networks = build_networks(self.metrics, files, self.unavailable, self.missing_weights, _explain)
+        for name in sorted(set(self.unavailable) - before):
+            rank_zero_warn(f"EvaluationCallback: {name} unavailable: {self.unavailable[name]}")
 
     # ------------------------------------------------------------------ the fixed subset
     def subset(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
@@ -175,11 +145,7 @@ class EvaluationCallback(pl.Callback):
     def _identify(images: Tensor) -> str:
         """A key of the whole subset (every rank's pixels, in rank order) for the reference cache."""
         local = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
-        if not _distributed():
-            return f"eval-callback:{local}"
-        everyone: list[str | None] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(everyone, local)
-        return "eval-callback:" + ",".join(str(h) for h in everyone)
+        return "eval-callback:" + ",".join(gather_objects(local))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
@@ -196,15 +162,13 @@ class EvaluationCallback(pl.Callback):
             from vartok.tokenizers.perturb import pfid_perturbation
 
             perturbations = {f"{a:g}": pfid_perturbation(tokenizer, a, self.pfid_delta) for a in self.pfid_alpha}
-        report = evaluate(
-            tokenizer, subset, lengths, metrics=wanted, device=pl_module.device,
-            perturbations=perturbations, pfid_seeds=self.pfid_seeds,
-            fid_network=self.networks["inception"], lpips_net=self.networks["lpips"],
-            fid_feature=self.fid_feature,
-            fid_stats_dir=stats_dir, data_id=self._data_id, baselines=False, grid_images=0, show=False,
-            subset=self.subset_info,
-        )
-        report["unavailable"] = {**self.unavailable, **report.get("unavailable", {})}
+        networks = Networks(inception=self.networks["inception"], lpips=self.networks["lpips"],
+                            fid_feature=self.fid_feature)
+        plan = EvalPlan(lengths=lengths, metrics=wanted, device=pl_module.device, networks=networks,
+                        perturbations=perturbations, pfid_seeds=self.pfid_seeds, fid_stats_dir=stats_dir,
+                        data_id=self._data_id, baselines=False, grid_images=0, show=False, subset=self.subset_info,
+                        unavailable=dict(self.unavailable))
+        report = evaluate(tokenizer, subset, plan)
         self.last_report, self.last_step = report, _step(trainer, pl_module)
         return report
 
@@ -219,13 +183,7 @@ class EvaluationCallback(pl.Callback):
 
         folder = Path(trainer.default_root_dir) / "fid_stats"
         path = reference_stats_path(folder, self._data_id, image_size, "all", weights, self.fid_feature)
-        exists = path.is_file()
-        if _distributed():
-            everyone: list[bool | None] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(everyone, exists)
-            if len(set(everyone)) > 1:
-                return None
-        return folder
+        return folder if len(set(gather_objects(path.is_file()))) == 1 else None
 
     @staticmethod
     def figures(report: dict, num_tokens: int) -> dict[str, float]:
@@ -236,7 +194,7 @@ class EvaluationCallback(pl.Callback):
                 values[f"eval/pfid_{name}_{k}"] = pfid["mean"]
                 if int(k) == num_tokens:
                     values[f"eval/pfid_{name}"] = pfid["mean"]
-            for name in CALLBACK_METRICS:
+            for name in METRICS:
                 if isinstance(entry.get(name), float):
                     values[f"eval/{name}_{k}"] = entry[name]
                     if int(k) == num_tokens:
@@ -265,3 +223,11 @@ class EvaluationCallback(pl.Callback):
 def _step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     """Training steps done: the module's `step_count` (vartok) or the trainer's global step."""
     return int(getattr(pl_module, "step_count", trainer.global_step))
+
+
+def _explain(metrics: list[str], error: str) -> str:
+    """A missing weights file, said in the callback's terms: where its path is set, how to train without."""
+    names = "/".join(metrics)
+    key = "lpips_weights" if metrics == ["lpips"] else "inception_weights"
+    return (f"EvaluationCallback ({names}): {error} In a training config the path is the callback's {key}; or set "
+            f"missing_weights: unavailable to train without {names}.")

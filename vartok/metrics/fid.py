@@ -1,11 +1,10 @@
 """rFID and pFID: torchmetrics' FID over torch-fidelity's Inception-v3.
 
-The network is torchmetrics' ``NoTrainInceptionV3`` built exactly as ``FrechetInceptionDistance(feature=F,
-antialias=False)`` builds it (torch-fidelity's TF1-compatible bilinear resize to 299, so numbers match
-torch-fidelity), loaded from a checked local weights file, frozen and in eval mode. Statistics are the
-float64 sums of torchmetrics' ``FrechetInceptionDistance`` (sum reduction, so under DDP every image counts
-once over all ranks). One network pass per image set: the originals' features are computed once and shared
-by every reconstruction set (one per length k, one per pFID variant and seed).
+The network is built in :mod:`vartok.nets.inception` (frozen, eval mode, from a checked local weights file);
+this module holds the statistics over its features: the float64 sums of torchmetrics'
+``FrechetInceptionDistance`` (sum reduction, so under DDP every image counts once over all ranks). One network
+pass per image set: the originals' features are computed once and shared by every reconstruction set (one per
+length k, one per pFID variant and seed).
 """
 
 from __future__ import annotations
@@ -20,67 +19,10 @@ import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from vartok.metrics.weights import (
-    INCEPTION,
-    WeightsFileError,
-    check_state_dict_shapes,
-    file_sha256,
-    load_state_dict_file,
-    resolve_weights,
-)
-
-FEATURE_DIMS = (64, 192, 768, 2048)
-
-
-class _CheckedInceptionV3(NoTrainInceptionV3):
-    """torchmetrics' FID Inception whose weights we load ourselves, after checking every shape
-    (torch-fidelity's constructor would unpickle the file without ``weights_only`` and fail obscurely)."""
-
-    _defer_load = True
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if self._defer_load:  # the call from torch-fidelity's __init__: skipped, done in build_inception
-            return None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def train(self, mode: bool = True) -> _CheckedInceptionV3:
-        """Always eval mode (torchmetrics' version also requires the argument; plain ``.train()`` works here)."""
-        return super().train(False)
-
-
-def build_inception(
-    weights: str | os.PathLike | None = None, feature: int = 2048, allow_download: bool = False
-) -> nn.Module:
-    """The frozen FID network: (B,3,H,W) uint8 → (B, feature) float32 features.
-
-    Args:
-        weights: explicit path of weights-inception-2015-12-05-6726825d.pth (else the torch hub cache).
-        feature: the Inception feature layer, one of 64, 192, 768, 2048 (2048 = the standard FID).
-        allow_download: download the file into the hub cache when it is missing.
-    """
-    if feature not in FEATURE_DIMS:
-        raise ValueError(f"FID feature must be one of {FEATURE_DIMS}, got {feature!r}.")
-    path = resolve_weights(INCEPTION, weights, allow_download)
-    state = load_state_dict_file(path, INCEPTION)  # weights_only=True: the file is plain tensors
-    try:
-        net = _CheckedInceptionV3(
-            name="inception-v3-compat",
-            features_list=[str(feature)],
-            feature_extractor_weights_path=str(path),
-            antialias=False,
-        )
-    except Exception as err:  # e.g. a file torch-fidelity cannot read
-        raise WeightsFileError(f"{INCEPTION.what}: cannot build the network from {path} ({err}).") from err
-    check_state_dict_shapes(state, net.state_dict(), path, INCEPTION)
-    net._defer_load = False
-    net.load_state_dict(state, strict=True)
-    net.requires_grad_(False)
-    net.eval()
-    net.num_features = feature
-    net.weights_path = str(path)
-    return net
+from vartok.distributed import is_distributed
+from vartok.nets.weights import file_sha256
 
 
 class _Precomputed(nn.Module):
@@ -104,8 +46,8 @@ class FIDBank:
     """FID of any number of named image sets against one reference set (the originals).
 
     Args:
-        network: the feature network from :func:`build_inception` (or any module with ``num_features``
-            mapping uint8 (B,3,H,W) to (B, num_features)).
+        network: the feature network from :func:`vartok.nets.inception.build_inception` (or any module with
+            ``num_features`` mapping uint8 (B,3,H,W) to (B, num_features)).
         device: where the network and the float64 statistics live.
     """
 
@@ -148,7 +90,7 @@ class FIDBank:
 
     def reference_state(self) -> dict[str, Tensor]:
         """The reference sums synced over ranks (call on every rank), on the CPU."""
-        self.reference.sync(should_sync=_distributed())
+        self.reference.sync(should_sync=is_distributed())
         try:
             return {
                 "sum": self.reference.real_features_sum.cpu().clone(),
@@ -166,10 +108,6 @@ class FIDBank:
         self.reference.real_features_cov_sum = state["cov_sum"].double().to(self.device) * keep
         self.reference.real_features_num_samples = state["count"].long().to(self.device) * keep
         self.reference_loaded = True
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,3 +169,33 @@ def fid_from_features(features1: np.ndarray | Tensor, features2: np.ndarray | Te
     f1 = np.asarray(features1, dtype=np.float64)
     f2 = np.asarray(features2, dtype=np.float64)
     return fid_from_statistics(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+
+
+def open_reference_cache(bank: FIDBank, cache_dir: str | os.PathLike | None, data_id: str | None, image_size: int,
+                         rank: int) -> Path | None:
+    """The cache file of the originals' statistics, loaded into `bank` when it exists (then the originals are
+    not measured again); None when there is no cache (no folder, no data id, or a network without a file)."""
+    weights = getattr(bank.network, "weights_path", None)
+    if cache_dir is None or data_id is None or weights is None:
+        return None
+    path = reference_stats_path(cache_dir, data_id, image_size, "all", weights, bank.num_features)
+    state = load_reference_stats(path)
+    if state is not None:
+        bank.load_reference(state, rank)
+    return path
+
+
+def close_reference_cache(bank: FIDBank, path: Path | None, seen: int, rank: int) -> str | None:
+    """Write freshly computed statistics (rank 0); a loaded file whose image count differs from the `seen`
+    images is removed, and the reason FID cannot be trusted this time is returned."""
+    if path is None:
+        return None
+    state = bank.reference_state()  # synced: identical on every rank
+    if bank.reference_loaded and int(state["count"]) != seen:
+        if rank == 0:
+            path.unlink(missing_ok=True)
+        return (f"the cached Inception statistics {path} hold {int(state['count'])} images but the data gave "
+                f"{seen}; the file was removed, run again to recompute it")
+    if not bank.reference_loaded and rank == 0:
+        save_reference_stats(path, state)
+    return None

@@ -18,8 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from vartok.metrics.eval_support import rank_world
+from vartok.distributed import rank_world
 from vartok.metrics.evaluation import evaluate
+from vartok.metrics.plan import EvalPlan, Networks
 from vartok.metrics.subset import validation_subset
 
 
@@ -60,9 +61,10 @@ def evaluate_after_fit(trainer: Any, tokenizer: Any, lengths: list[int], out_dir
         return {}
     networks = callback_networks(trainer)
     started = time.perf_counter()
-    report = evaluate(tokenizer, subset, lengths, metrics, trainer.strategy.root_device, out_dir,
-                      fid_network=networks["inception"], lpips_net=networks["lpips"], baselines=True,
-                      show=True, distributed=True, subset=subset.describe())
+    plan = EvalPlan(lengths=lengths, metrics=metrics, device=trainer.strategy.root_device,
+                    networks=Networks(inception=networks["inception"], lpips=networks["lpips"]),
+                    baselines=True, show=True, distributed=True, subset=subset.describe())
+    report = evaluate(tokenizer, subset, plan, out_dir)
     if rank == 0:
         print(f"end-of-fit evaluation: {report['num_images']} images on {world} rank(s) "
               f"({trainer.strategy.root_device}) in {time.perf_counter() - started:.1f} s")

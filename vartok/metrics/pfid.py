@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from vartok.tokenizers.randomness import tagged_seed
+
 Perturbation = Callable[[Tensor, int], Tensor]
-
-
-def _mix_seed(seed: int, tag: str) -> int:
-    return (zlib.crc32(tag.encode()) ^ (seed * 0x9E3779B1)) & 0x7FFFFFFF
 
 
 def _take(obj: Any, index: int, batch: int) -> Any:
@@ -66,8 +63,8 @@ def perturb(fn: Callable, indices: Tensor, seed: int, keys: list[str] | None, ba
     (seed, batch index)."""
     batch = indices.shape[0]
     if not keys or len(set(keys)) != batch or not all(keys):
-        return _call_perturbation(fn, indices, _mix_seed(seed, f"batch{batch_index}"), encoding)
+        return _call_perturbation(fn, indices, tagged_seed(seed, f"batch{batch_index}"), encoding)
     return torch.cat([
-        _call_perturbation(fn, indices[i : i + 1], _mix_seed(seed, key), _take(encoding, i, batch))
+        _call_perturbation(fn, indices[i : i + 1], tagged_seed(seed, key), _take(encoding, i, batch))
         for i, key in enumerate(keys)
     ])

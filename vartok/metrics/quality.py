@@ -17,6 +17,12 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure
 MSE_FLOOR = 1e-10
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """(B,3,H,W) float in [0,1] → uint8, clamped and rounded: the image as it would be saved, which every
+    fidelity figure (the report's and the training module's validation PSNR) is measured on."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def psnr_per_image(images: Tensor, targets: Tensor) -> Tensor:
     """PSNR in dB with data range 1.0 (255 for uint8 inputs), per image.
 

@@ -6,6 +6,7 @@ report.json::
      "lengths": {"<k>": {"tokens", "bytes_per_image", "bpp", "psnr", "ssim", "lpips"?, "rfid"?, "pfid"?,
                          "baselines": {"jpeg"|"webp"|"thumbnail": {"bytes", "psnr", "ssim"} | "infeasible"}}},
      "codebook": {...}, "baselines": {"jpeg": [...], "webp": [...], "thumbnail": [...]},
+     "target"? ({"target_psnr", "images", "mean_bytes", "chosen_lengths": {"<k>": images}}, with a target PSNR),
      "skipped": {reason: count}, "unavailable": {metric: reason}, "padding_samples",
      "baseline_images" (how many of the images the codecs were measured on),
      "subset"? (how the images were chosen: {"selection", "description", "limit", "samples", "available",
@@ -29,8 +30,8 @@ from torch import Tensor
 
 from vartok.metrics.baselines import INFEASIBLE
 
-KEY_ORDER = ("num_images", "subset", "image_size", "tokenizer", "lengths", "codebook", "baselines", "skipped",
-             "unavailable", "padding_samples", "baseline_images")
+KEY_ORDER = ("num_images", "subset", "image_size", "tokenizer", "lengths", "codebook", "baselines", "target",
+             "skipped", "unavailable", "padding_samples", "baseline_images")
 
 
 def tokenizer_info(tokenizer: Any) -> dict:
@@ -160,6 +161,11 @@ def print_table(report: dict, out_dir: str | os.PathLike | None = None, console:
     for k, entry in report["lengths"].items():
         for name, pfid in entry.get("pfid", {}).items():
             console.print(f"pFID {name} at k={k}: {pfid['mean']:.3f} (rFID {_num(entry.get('rfid'), 3)})")
+    target = report.get("target")
+    if target:
+        chosen = ", ".join(f"k={k}: {n}" for k, n in target["chosen_lengths"].items())
+        console.print(f"target PSNR {target['target_psnr']:g} dB: {target['images']} images, mean "
+                      f"{target['mean_bytes']:.1f} bytes per image (images per chosen k: {chosen})")
     for name, reason in report.get("unavailable", {}).items():
         console.print(f"[yellow]{name} unavailable:[/yellow] {reason}")
     if out_dir is not None:

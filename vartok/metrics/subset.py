@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vartok.data.batch import parse_batch
+
 FIRST_IN_SHARD_ORDER = "first_in_shard_order"
 FIRST_OF_EACH_RANK = "first_of_each_rank_split"
 
@@ -69,7 +71,8 @@ class ShardSubset:
         return (self.stop - self.start + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
-        from vartok.data.stream import decode_sample, image_batch
+        from vartok.data.batch import image_batch
+        from vartok.data.stream import decode_sample
 
         pixels, keys = [], []
         for sample in self._samples():
@@ -149,14 +152,10 @@ class LoaderSubset:
         keys: list[str] = []
         have = 0
         for batch in self.loader if self.quota != 0 else ():
-            batch_images = batch["image"] if isinstance(batch, dict) else batch
+            batch_images, valid, batch_keys = parse_batch(batch)
             if batch_images.dtype != torch.uint8:
                 raise ValueError(f"evaluation expects uint8 validation images, got {batch_images.dtype}.")
-            valid = batch.get("valid") if isinstance(batch, dict) else None
-            valid = torch.ones(batch_images.shape[0], dtype=torch.bool, device=batch_images.device) if valid is None \
-                else valid.bool()
-            batch_keys = batch.get("key") if isinstance(batch, dict) else None
-            batch_keys = list(batch_keys) if batch_keys is not None else [""] * batch_images.shape[0]
+            batch_keys = batch_keys if batch_keys is not None else [""] * batch_images.shape[0]
             take = valid.nonzero().flatten().tolist()
             if self.quota is not None:
                 take = take[: self.quota - have]

@@ -1,7 +1,7 @@
 """Training losses beyond the pixel losses (docs/definitions.md §5): LPIPS, GAN losses, LeCam, adaptive weight.
 
 - LPIPS: `LPIPSLoss` (frozen VGG through the `lpips` package, dropout off, eval mode forced, weights
-  resolved from an explicit path or the torch hub cache; see `vartok.models.lpips`).
+  resolved from an explicit path or the torch hub cache; see `vartok.nets.lpips`).
 - GAN: the discriminator's logits are compared with closed forms,
       hinge            D: 0.5·(mean relu(1 − D(x)) + mean relu(1 + D(x̂)))     G: −mean D(x̂)
       non_saturating   D: 0.5·(mean softplus(−D(x)) + mean softplus(D(x̂)))    G: mean softplus(−D(x̂))
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vartok.models.lpips import LPIPS, LPIPSLoss
+from vartok.nets.lpips import LPIPS, LPIPSLoss
 
 GAN_LOSSES = ("hinge", "non_saturating")
 

@@ -11,26 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vartok.models.linear_path import check_size
-
-#: Default keyword arguments of each quantizer when a preset does not say otherwise.
-QUANTIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vq": {"codebook_size": 4096, "codebook_dim": 12},
-    "fsq": {"levels": [8, 8, 8, 5, 5, 5]},
-    "lfq": {"bits": 18},
-    "bsq": {"bits": 18},
-    "gq": {"bits": 32, "groups": 4},
-}
-
-
-def code_width(quantizer: str, args: dict[str, Any]) -> int:
-    """Width of one code: the natural token_dim (no projection inside the quantizer)."""
-    if quantizer == "fsq":
-        return len(args.get("levels", QUANTIZER_DEFAULTS["fsq"]["levels"]))
-    if quantizer == "vq":
-        return int(args.get("codebook_dim", QUANTIZER_DEFAULTS["vq"]["codebook_dim"]))
-    if quantizer in ("lfq", "bsq", "gq"):
-        return int(args.get("bits", QUANTIZER_DEFAULTS[quantizer]["bits"]))
-    raise ValueError(f"unknown quantizer {quantizer!r}; allowed: {', '.join(QUANTIZER_DEFAULTS)}")
+from vartok.models.quantizers import QUANTIZERS
 
 
 @dataclass
@@ -39,8 +20,9 @@ class TokenizerConfig:
     image_size, patch_size: square input images cut into (image_size / patch_size)^2 patches.
     width, depth, heads: encoder ViT; decoder_* default to the encoder's.
     num_tokens: N latent tokens.
-    quantizer, quantizer_args: a name of `vartok.models.quantizers` and its keywords (docs/definitions.md §1);
-        missing keywords take QUANTIZER_DEFAULTS.
+    quantizer, quantizer_args: a name of `vartok.models.quantizers.QUANTIZERS` and its keywords
+        (docs/definitions.md §1); missing keywords are filled with the constructor's defaults, so the config
+        (and an exported config.json) records the complete quantizer.
     token_dim: latent width handed to the quantizer; None = the code width (no projection).
     latent_attention: "full" or "prefix_causal" (docs/definitions.md §2).
     decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
@@ -74,9 +56,9 @@ class TokenizerConfig:
     global_linear: bool = False
 
     def __post_init__(self) -> None:
-        if self.quantizer not in QUANTIZER_DEFAULTS:
-            raise ValueError(f"quantizer {self.quantizer!r} is unknown; allowed: {', '.join(QUANTIZER_DEFAULTS)}")
-        self.quantizer_args = {**QUANTIZER_DEFAULTS[self.quantizer], **dict(self.quantizer_args)}
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer {self.quantizer!r} is unknown; allowed: {', '.join(sorted(QUANTIZERS))}")
+        self.quantizer_args = QUANTIZERS[self.quantizer].complete_args(dict(self.quantizer_args))
         for name in ("image_size", "patch_size", "width", "depth", "heads", "num_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -98,7 +80,7 @@ class TokenizerConfig:
 
     @property
     def latent_dim(self) -> int:
-        return self.token_dim or code_width(self.quantizer, self.quantizer_args)
+        return self.token_dim or QUANTIZERS[self.quantizer].code_width(**self.quantizer_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

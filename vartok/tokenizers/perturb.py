@@ -4,20 +4,11 @@ For every symbol independently, with probability α, its index is replaced by on
 codes nearest to the symbol's continuous latent, EXCLUDING its own code, so α is the exact symbol-error rate.
 A symbol is a token, or one group of a `gq` token (each group is one symbol to a generator).
 
-Nearest, per quantizer (the continuous latent is taken after the quantizer's input projection):
-- `vq`: the quantizer's own distance, cosine similarity of l2norm(project_in(z)) with the stored
-  (l2-normalised) codebook, exactly as vector-quantize-pytorch ranks codes (in training, the codebook as
-  this step's EMA update left it; the own code is excluded by index either way).
-- `fsq`: squared Euclidean distance of the bounded latent b = tanh(z + shift)·half_l − offset (the library's
-  `bound` before rounding, in level units: adjacent levels are 1 apart; with `bound: clamp`, clamp instead
-  of tanh) to the integer grid points.
-- `lfq` / `bsq` / `gq`: a neighbour is a bit-flip set S, cost Σ_{i∈S} 2|x_i| with x = project_in(z)
-  (lfq, gq) or its unit-sphere normalisation u (bsq); each flipped bit adds 4|x_i| (bsq: 4|u_i|/√K) to
-  ‖x − c‖², so this is the Euclidean order. We implement the EXACT δ cheapest flip sets (multi-bit flips included), not only
-  single flips, so δ may exceed the number of bits.
-Both separable cases (fsq, binary) use one exact search: the δ+1 smallest sums of per-channel costs, merged
-channel by channel keeping the δ+1 best partial codes (any code among the δ+1 cheapest has a prefix among the
-δ+1 cheapest prefixes), O(channels·δ·levels) per symbol whatever the codebook size.
+"Nearest" is the quantizer's own distance, computed by the quantizer itself (`Quantizer.symbol_latents`,
+`Quantizer.nearest_codes`; each quantizer's docstrings say which distance): the continuous latent is taken
+after the quantizer's input projection, and the δ+1 nearest codes are searched exactly (for the separable
+fsq and binary codebooks without enumerating them, `vartok.models.quantizers.neighbours`), so δ may exceed
+the number of bits of a binary code. This module holds only the operator and touches no concrete quantizer.
 
 Training (the Tokenizer hook): decoder codes are q' + (q − sg(q)) with q the clean straight-through codes: the
 value is exactly the perturbed code q' and the gradient is the clean codes' (so z + sg(q' − z) on the encoder
@@ -40,17 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vartok.models.precision import no_autocast
 from vartok.models.quantizers.base import Quantizer, QuantizerOutput
-from vartok.models.quantizers.fsq import FSQQuantizer
-from vartok.models.quantizers.gq import GQQuantizer
-from vartok.models.quantizers.vq import VQQuantizer
+from vartok.tokenizers.ramp import Ramp
 from vartok.tokenizers.randomness import keyed_generator
-
-VQ_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) similarity block in the vq search (64 MiB float32)
 
 
 def _is_int(value: object) -> bool:
@@ -62,29 +48,6 @@ def _is_probability(value: object) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Ramp:
-    """A step schedule: `start` up to `start_step`, linear to `end` at `end_step`, then `end`.
-
-    Args:
-        start, end: the values (equal for a constant).
-        start_step, end_step: 0 <= start_step <= end_step; equal steps give a jump at that step.
-    """
-
-    start: float
-    end: float
-    start_step: int = 0
-    end_step: int = 0
-
-    def __call__(self, step: int) -> float:
-        if step >= self.end_step:
-            return float(self.end)
-        if step <= self.start_step:
-            return float(self.start)
-        frac = (step - self.start_step) / (self.end_step - self.start_step)
-        return float(self.start) + (float(self.end) - float(self.start)) * frac
 
 
 @dataclass
@@ -151,109 +114,24 @@ class PerturbationConfig:
         return math.floor(self.delta_schedule(step) + 0.5)
 
 
-# ------------------------------------------------------------------------------------ nearest codes
-
-
-def symbol_codebook_size(quantizer: Quantizer) -> int:
-    """Number of codes one symbol can take: K (vq), prod(levels) (fsq), 2^(bits/groups) (lfq, bsq, gq)."""
-    if isinstance(quantizer, GQQuantizer):
-        return 2**quantizer.group_bits
-    if isinstance(quantizer, (VQQuantizer, FSQQuantizer)):
-        return int(quantizer.codebook_size)
-    raise ValueError(
-        f"latent perturbation supports the quantizers vq, fsq, lfq, bsq and gq, got {type(quantizer).__name__}"
-    )
+# ------------------------------------------------------------------------------------ neighbourhood
 
 
 def check_delta(quantizer: Quantizer, delta: int, name: str = "delta") -> None:
-    """One clear error naming the argument `name` unless 2 <= delta <= (codes per symbol) − 1."""
-    size = symbol_codebook_size(quantizer)
+    """One clear error naming the argument `name` unless 2 <= delta <= (codes per symbol) − 1.
+
+    Args:
+        quantizer: its `symbol_codes` bound δ; grouped codes (index_shape (G,), G > 1) count codes per group.
+        delta: the neighbourhood size to check.
+        name: the argument's name as the user wrote it, for the message.
+    """
+    size = quantizer.symbol_codes
     if not _is_int(delta) or not 2 <= delta <= size - 1:
-        per = " per group" if isinstance(quantizer, GQQuantizer) and quantizer.groups > 1 else ""
+        per = " per group" if math.prod(quantizer.index_shape) > 1 else ""
         raise ValueError(
             f"{name} must be an int in [2, {size - 1}]: the quantizer has {size} codes{per}, and a "
             f"replacement is drawn from the δ nearest codes other than the own, got {delta!r}"
         )
-
-
-def symbol_latents(quantizer: Quantizer, latents: Tensor) -> Tensor:
-    """The continuous latent of every symbol in the space where the quantizer compares it with codes.
-
-    Args:
-        quantizer: vq, fsq, or a binary quantizer (lfq, bsq, gq).
-        latents: (B, N, D) encoder outputs, before the quantizer.
-    Returns:
-        (B, N, G, C) float32: vq l2norm(project_in(z)) (G = 1, C = codebook_dim); fsq the bounded latent in level
-        units (G = 1, C = len(levels)); binary x = project_in(z) or its sphere normalisation (C = bits/groups).
-    """
-    z = latents.detach().float()
-    batch, length = z.shape[:2]
-    if isinstance(quantizer, VQQuantizer):
-        return F.normalize(quantizer.project_in(z), dim=-1)[:, :, None]  # (B, N, 1, d)
-    if isinstance(quantizer, FSQQuantizer):
-        fsq = quantizer.fsq
-        levels = fsq._levels.float()
-        half_l = (levels - 1) * (1 + 1e-3) / 2  # the library's bound(), eps = 1e-3, without the rounding
-        offset = torch.where(fsq._levels % 2 == 0, 0.5, 0.0)
-        if quantizer.bound == "clamp":  # the library's hard-clamp bound: identity inside the range
-            bounded = (fsq.project_in(z) + offset / half_l).clamp(-1.0, 1.0) * half_l - offset
-        else:
-            bounded = torch.tanh(fsq.project_in(z) + torch.atanh(offset / half_l)) * half_l - offset
-        return bounded[:, :, None]  # (B, N, 1, C); the code of channel c is round(b_c)
-    x, _, _ = quantizer.binarize(quantizer.project_in(z))  # (B, N, K)
-    return x.reshape(batch, length, quantizer.groups, quantizer.group_bits)
-
-
-def smallest_sums(costs: Tensor, values: Tensor, count: int) -> Tensor:
-    """Indices of the `count` codes with the smallest total cost when the cost is a sum over channels.
-
-    Args:
-        costs: (M, C, L) cost of each level of each channel (inf marks a level a channel does not have).
-        values: (C, L) int64 contribution of each level to the code index (index = Σ_c values[c, level_c]).
-        count: how many codes; at most the number of codes with finite cost.
-    Returns:
-        (M, count) int64 indices, cheapest first.
-    """
-    rows = costs.shape[0]
-    total = costs.new_zeros(rows, 1)  # (M, m): cost of the best partial codes so far
-    index = torch.zeros(rows, 1, dtype=torch.int64, device=costs.device)
-    for c in range(costs.shape[1]):
-        cand_cost = (total[:, :, None] + costs[:, None, c, :]).reshape(rows, -1)  # (M, m·L)
-        cand_index = (index[:, :, None] + values[None, None, c, :]).reshape(rows, -1)
-        total, order = cand_cost.topk(min(count, cand_cost.shape[1]), dim=1, largest=False, sorted=True)
-        index = cand_index.gather(1, order)
-    return index
-
-
-def nearest_codes(quantizer: Quantizer, x: Tensor, count: int) -> Tensor:
-    """The `count` codes nearest to each symbol latent (docs/definitions.md §3), nearest first.
-
-    Args:
-        quantizer: the quantizer the latents belong to.
-        x: (M, C) symbol latents from `symbol_latents`.
-        count: number of codes, <= the codes per symbol.
-    Returns:
-        (M, count) int64 symbol indices.
-    """
-    if isinstance(quantizer, VQQuantizer):
-        codebook = quantizer.vq.codebook.detach().float()  # (K, d), l2-normalised by the library
-        step = max(1, VQ_CHUNK_ELEMENTS // codebook.shape[0])
-        return torch.cat([(chunk @ codebook.T).topk(count, dim=1).indices for chunk in x.split(step)])
-    if isinstance(quantizer, FSQQuantizer):
-        levels = quantizer.fsq._levels.to(x.device).long()  # (C,)
-        level = torch.arange(int(levels.max()), device=x.device)  # (L,) level index l: grid point l − L//2
-        grid = (level[None] - levels[:, None] // 2).float()  # (C, L)
-        costs = (x[:, :, None] - grid[None]) ** 2  # (M, C, L)
-        costs = costs.masked_fill(level[None, None] >= levels[None, :, None], math.inf)
-        values = level[None] * quantizer.fsq._basis.to(x.device).long()[:, None]  # first channel least significant
-        return smallest_sums(costs, values, count)
-    k = x.shape[1]  # binary: channel i has levels {bit 0, bit 1}; the own bit costs 0, the other 2|x_i|
-    own_bit = (x > 0).long()  # (M, k)
-    flip = 2 * x.abs()
-    costs = torch.stack([flip * own_bit, flip * (1 - own_bit)], dim=-1)  # (M, k, 2)
-    weights = 2 ** torch.arange(k - 1, -1, -1, device=x.device)  # MSB first
-    values = torch.stack([torch.zeros_like(weights), weights], dim=-1)  # (k, 2)
-    return smallest_sums(costs, values, count)
 
 
 def neighbours_excluding_own(candidates: Tensor, own: Tensor) -> Tensor:
@@ -290,7 +168,8 @@ def perturb_indices(
     """P(α, δ) on a batch: replace symbols by one of their δ nearest other codes.
 
     Args:
-        quantizer: the quantizer that produced `indices` (vq, fsq, lfq, bsq, gq).
+        quantizer: the quantizer that produced `indices`; its `symbol_latents` and `nearest_codes` define
+            "nearest".
         latents: (B, N, D) encoder outputs (before the quantizer).
         indices: int64 (B, N) or (B, N, G), the own codes.
         alpha: probability that a symbol of a chosen image is replaced.
@@ -315,9 +194,9 @@ def perturb_indices(
     where = replaced.nonzero(as_tuple=True)  # CPU index tensors
     device_where = tuple(w.to(indices.device) for w in where)
     with no_autocast(latents.device):
-        x = symbol_latents(quantizer, latents)[device_where]  # (M, C)
+        x = quantizer.symbol_latents(latents)[device_where]  # (M, C)
         old = own[device_where]  # (M,)
-        others = neighbours_excluding_own(nearest_codes(quantizer, x, delta + 1), old)  # (M, δ)
+        others = neighbours_excluding_own(quantizer.nearest_codes(x, delta + 1), old)  # (M, δ)
         new = others.gather(1, choice[where].to(others.device)[:, None])[:, 0]
     out = own.clone()
     out[device_where] = new.to(out.dtype)
@@ -406,7 +285,7 @@ def pfid_perturbation(tokenizer: Any, alpha: float, delta: int) -> Callable[...,
                 "the pFID perturbation needs the encoder output: call it with encoding=tokenizer.encode(images) "
                 "(vartok.metrics.evaluate does)"
             )
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = keyed_generator(int(seed))
         return perturb_indices(tokenizer.quantizer, latents, indices, float(alpha), delta, generator)[0]
 
     return perturb

@@ -6,7 +6,9 @@ indices, and reports UNWEIGHTED losses and detached statistics. Weights live in 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,22 +31,90 @@ class QuantizerOutput(NamedTuple):
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses set `codebook_size` (python int) and implement `quantize` and
-    `indices_to_codes`. `forward` runs them in float32 with autocast disabled, whatever the precision."""
+    """Base class: subclasses set `codebook_size` (python int) and implement `quantize`, `indices_to_codes`,
+    the latent perturbation's three (`symbol_codes`, `symbol_latents`, `nearest_codes`, docs/definitions.md
+    §3) and the classmethod `code_width`. `forward` runs `quantize` in float32 with autocast disabled,
+    whatever the precision. The constructor's keyword defaults are the quantizer's defaults (`default_args`).
+
+    A symbol is what the latent perturbation replaces: a token, or one group of a grouped token.
+    """
 
     codebook_size: int
     dim: int
+    registry_name: str | None = None  # set by `register_quantizer`
 
     @property
     def bits_per_token(self) -> float:
-        import math
-
         return math.log2(self.codebook_size)
 
     @property
     def index_shape(self) -> tuple[int, ...]:
         """Trailing shape of one token's index: () or (G,) for grouped codes."""
         return ()
+
+    # -- defaults and width -----------------------------------------------------------------------
+
+    @classmethod
+    def default_args(cls) -> dict[str, Any]:
+        """The constructor's keyword defaults, every keyword but `dim`; tuples become lists (JSON-able)."""
+        params = inspect.signature(cls).parameters.values()
+        return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+                for p in params if p.name != "dim" and p.default is not inspect.Parameter.empty}
+
+    @classmethod
+    def complete_args(cls, quantizer_args: dict[str, Any]) -> dict[str, Any]:
+        """`quantizer_args` over the constructor's defaults.
+
+        Args:
+            quantizer_args: keywords of the constructor (without `dim`); an unknown key is one clear error.
+        """
+        defaults = cls.default_args()
+        for key, value in quantizer_args.items():
+            if key not in defaults:
+                raise ValueError(
+                    f"quantizer_args has the unknown key {key!r} (value {value!r}) for quantizer "
+                    f"{cls.registry_name or cls.__name__!r}; allowed keys: {', '.join(defaults)}"
+                )
+        return {**defaults, **quantizer_args}
+
+    @classmethod
+    def code_width(cls, **quantizer_args: Any) -> int:
+        """Natural width of one code (no projection inside the quantizer).
+
+        Args:
+            quantizer_args: constructor keywords (without `dim`) over the defaults; an unknown key is an error.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement the classmethod code_width")
+
+    # -- latent perturbation (docs/definitions.md §3) ----------------------------------------------
+
+    @property
+    def symbol_codes(self) -> int:
+        """Number of codes one symbol can take."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement symbol_codes (codes per symbol)")
+
+    def symbol_latents(self, latents: Tensor) -> Tensor:
+        """The continuous latent of every symbol, in the space where the quantizer compares it with codes.
+
+        Args:
+            latents: (B, N, D) encoder outputs, before the quantizer.
+        Returns:
+            (B, N, G, C) float32, G symbols of C channels per token.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement symbol_latents")
+
+    def nearest_codes(self, x: Tensor, count: int) -> Tensor:
+        """The `count` symbol codes nearest to each symbol latent by the quantizer's own distance.
+
+        Args:
+            x: (M, C) symbol latents, rows of `symbol_latents`.
+            count: number of codes, <= `symbol_codes`.
+        Returns:
+            (M, count) int64 symbol indices, nearest first.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement nearest_codes")
+
+    # -- forward ----------------------------------------------------------------------------------
 
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         if z.dim() != 3 or z.shape[-1] != self.dim:
@@ -55,10 +125,10 @@ class Quantizer(nn.Module):
             return self.quantize(z.float(), mask)
 
     def quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement quantize")
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement indices_to_codes")
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:

@@ -7,6 +7,7 @@ normalisation. The entropy math lives in `binary.py` (docs/definitions.md §1.1)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from vartok.models.quantizers.binary import (
     position_usage,
     scrub_padding,
 )
+from vartok.models.quantizers.neighbours import smallest_sums
 
 
 @register_quantizer("gq")
@@ -34,7 +36,8 @@ class GQQuantizer(Quantizer):
     Args:
         dim: width D of the latents z (B, N, D); Linear projections D -> bits -> D are added when D != bits.
         bits: total bits K per token (default 32 = 4 groups × 8 bits); codebook_size = 2**K (a python int, may exceed 2**63).
-        groups: number of groups G (bits % groups == 0, k = bits/groups <= 24 for the exact entropy).
+        groups: number of groups G (bits % groups == 0, k = bits/groups <= 24 for the exact entropy); each
+            group is one symbol of 2^k codes to the latent perturbation.
         temperature: τ of the soft assignment p(c) ∝ exp(2<v, c>/τ), i.e. p(bit_i = 1) = σ(4 v_i/τ)
             (same definition as vector-quantize-pytorch LFQ with inv_temperature = 1/τ). Default 0.01
             suits un-normalised latents of unit scale.
@@ -156,3 +159,48 @@ class GQQuantizer(Quantizer):
     def position_usage(self, indices: Tensor, mask: Tensor | None = None) -> Tensor:
         """Distinct codes (whole G-tuples) per token position over real tokens: (B, N[, G]) -> (N,) float."""
         return position_usage(indices, mask)
+
+    @classmethod
+    def code_width(cls, **quantizer_args: Any) -> int:
+        """`bits`: with dim == bits the latents enter unprojected."""
+        return int(cls.complete_args(quantizer_args)["bits"])
+
+    # -- latent perturbation (docs/definitions.md §3) ----------------------------------------------
+
+    @property
+    def symbol_codes(self) -> int:
+        """2^k, k = bits/groups: a symbol is one group of a token."""
+        return 2**self.group_bits
+
+    def symbol_latents(self, latents: Tensor) -> Tensor:
+        """x = project_in(z), or for bsq its unit-sphere normalisation u: what the code is compared with.
+
+        Args:
+            latents: (B, N, D) encoder outputs, before the quantizer.
+        Returns:
+            (B, N, G, k) float32, k = bits/groups.
+        """
+        batch, length = latents.shape[:2]
+        x, _, _ = self.binarize(self.project_in(latents.detach().float()))  # (B, N, K)
+        return x.reshape(batch, length, self.groups, self.group_bits)
+
+    def nearest_codes(self, x: Tensor, count: int) -> Tensor:
+        """The `count` cheapest bit-flip sets of each symbol, multi-bit flips included (count may exceed k).
+
+        A neighbour is a set S of flipped bits of the own code, cost Σ_{i∈S} 2|x_i|: each flipped bit adds
+        4|x_i| to ‖x − c‖² (bsq: 4|u_i|/√K), so this is the Euclidean order. Per channel the own bit costs 0
+        and the other 2|x_i|, a sum over channels searched exactly by `neighbours.smallest_sums`.
+
+        Args:
+            x: (M, k) symbol latents from `symbol_latents`.
+            count: number of codes, <= 2^k.
+        Returns:
+            (M, count) int64 group indices (MSB first), nearest first.
+        """
+        k = x.shape[1]
+        own_bit = (x > 0).long()  # (M, k)
+        flip = 2 * x.abs()
+        costs = torch.stack([flip * own_bit, flip * (1 - own_bit)], dim=-1)  # (M, k, 2): cost of bit 0, bit 1
+        weights = 2 ** torch.arange(k - 1, -1, -1, device=x.device)  # MSB first
+        values = torch.stack([torch.zeros_like(weights), weights], dim=-1)  # (k, 2)
+        return smallest_sums(costs, values, count)

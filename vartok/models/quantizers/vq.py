@@ -4,12 +4,17 @@ an EMA codebook with cosine similarity and dead-code reset, or a learnable codeb
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from vartok.models.quantizers import register_quantizer
 from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats, masked_mean
+
+SEARCH_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) similarity block in `nearest_codes` (64 MiB float32)
 
 
 @register_quantizer("vq")
@@ -19,7 +24,7 @@ class VQQuantizer(Quantizer):
 
     Args:
         dim: width D of the latents (projected to `codebook_dim` and back when they differ).
-        codebook_size: number of codes K.
+        codebook_size: number of codes K; one token is one symbol of K codes (latent perturbation).
         codebook_dim: width of the codebook space (low-dim codebooks keep usage high).
         ema: EMA codebook updates with cosine similarity (True), or a learnable codebook with euclidean
             distance, trained by the `codebook` loss ||q - sg(z)||^2 (False; weight it with loss.codebook).
@@ -36,7 +41,7 @@ class VQQuantizer(Quantizer):
         self,
         dim: int,
         codebook_size: int = 4096,
-        codebook_dim: int = 8,
+        codebook_dim: int = 12,
         ema: bool = True,
         decay: float = 0.99,
         dead_code_threshold: float = 1.0,
@@ -102,3 +107,43 @@ class VQQuantizer(Quantizer):
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         return self.project_out(self.vq.get_output_from_indices(indices).float())
+
+    @classmethod
+    def code_width(cls, **quantizer_args: Any) -> int:
+        """`codebook_dim`: with dim == codebook_dim the latents enter unprojected."""
+        return int(cls.complete_args(quantizer_args)["codebook_dim"])
+
+    # -- latent perturbation (docs/definitions.md §3) ----------------------------------------------
+
+    @property
+    def symbol_codes(self) -> int:
+        """K: a symbol is a whole token."""
+        return int(self.codebook_size)
+
+    def symbol_latents(self, latents: Tensor) -> Tensor:
+        """l2norm(project_in(z)), the latent the codebook is compared with.
+
+        Args:
+            latents: (B, N, D) encoder outputs, before the quantizer.
+        Returns:
+            (B, N, 1, codebook_dim) float32, unit norm.
+        """
+        return F.normalize(self.project_in(latents.detach().float()), dim=-1)[:, :, None]
+
+    def nearest_codes(self, x: Tensor, count: int) -> Tensor:
+        """The `count` codebook entries most similar to each latent (cosine), as the library ranks them.
+
+        The EMA codebook is stored l2-normalised by the library (in training, as this step's EMA update left
+        it), so the similarity is a dot product; rows are searched in chunks to bound the memory. A learnable
+        codebook (ema=False) is stored unnormalised and ranked by the same dot product, which is not the
+        euclidean distance that quantizer assigns codes by.
+
+        Args:
+            x: (M, codebook_dim) unit-norm symbol latents from `symbol_latents`.
+            count: number of codes, <= K.
+        Returns:
+            (M, count) int64 codebook indices, nearest first.
+        """
+        codebook = self.vq.codebook.detach().float()  # (K, d)
+        step = max(1, SEARCH_CHUNK_ELEMENTS // codebook.shape[0])
+        return torch.cat([(chunk @ codebook.T).topk(count, dim=1).indices for chunk in x.split(step)])

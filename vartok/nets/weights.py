@@ -7,8 +7,8 @@ Resolution order (docs/definitions.md §4):
 4. otherwise :class:`WeightsNotFoundError`: one sentence naming the file, the folder searched and the flag.
 Never a silent fallback to other weights. Files are read with ``torch.load(weights_only=True)``.
 
-This lives in models/ because the training losses (LPIPS) need it and models/ never imports metrics/;
-``vartok.metrics.weights`` exposes the same names.
+One resolver and one set of exception classes for both networks: it lives in nets/, which imports nothing
+else from vartok, so the training LPIPS loss (models/) and the evaluation (metrics/) share it.
 """
 
 from __future__ import annotations

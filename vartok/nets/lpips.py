@@ -1,7 +1,7 @@
 """LPIPS-VGG through the `lpips` package, frozen: one module for the metric and the training loss.
 
-Lives in models/ (the training loss uses it; models/ never imports metrics/); ``vartok.metrics.lpips_net``
-exposes the same classes for evaluation.
+Lives in nets/ so the training loss (models/) and the evaluation (metrics/) use the same frozen network:
+``LPIPS`` gives per-image distances, ``LPIPSLoss`` their batch mean.
 
 The `lpips` package leaves its linear heads trainable with dropout, and fetches VGG16 with torchvision's
 downloader. Here the network is built with nothing loaded (``pretrained=False, pnet_rand=True``), then:
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from vartok.models.weights import (
+from vartok.nets.weights import (
     VGG16,
     WeightsNotFoundError,
     WeightsSpec,

@@ -1,13 +1,10 @@
-"""Loss weights and optimisation settings of the training module: the one place they live."""
+"""The training module's settings: loss weights and optimisation, validated where they are given."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any
-
-import torch
-from torch import nn
 
 from vartok.models.losses import check_gan_loss
 
@@ -54,8 +51,8 @@ class LossWeights:
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
         if self.l1 == 0 and self.l2 == 0:
             raise ValueError("loss.l1 and loss.l2 are both 0: at least one pixel loss must be positive")
-        if self.entropy_start is not None and self.entropy_start < 0:
-            raise ValueError(f"loss.entropy_start must be >= 0, got {self.entropy_start!r}")
+        if self.entropy_start is not None and not (math.isfinite(self.entropy_start) and self.entropy_start >= 0):
+            raise ValueError(f"loss.entropy_start must be a finite number >= 0, got {self.entropy_start!r}")
         if self.entropy_decay_steps < 0:
             raise ValueError(f"loss.entropy_decay_steps must be >= 0, got {self.entropy_decay_steps!r}")
         start = self.gan_start_step
@@ -140,72 +137,3 @@ class Optimization:
                  "weight_decay": (self.disc_weight_decay, self.weight_decay),
                  "grad_clip": (self.disc_grad_clip, self.grad_clip)}
         return {name: default if own is None else own for name, (own, default) in pairs.items()}
-
-
-NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop_token", "patch_to_latent",
-                  "latent_to_patch")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
-                     linear_path_lr_scale: float = 1.0) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, latent/mask tokens and position embeddings; the global
-    linear path (if any) in its own group at lr * linear_path_lr_scale without decay (needs `lr`)."""
-    decay, no_decay, linear_path = [], [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if ".linear_path." in f".{name}":
-            linear_path.append(param)
-        elif param.ndim < 2 or leaf in NO_DECAY_NAMES or "norm" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if linear_path:
-        if lr is None:
-            raise ValueError("parameter_groups: a model with a global linear path needs lr")
-        groups.append({"params": linear_path, "weight_decay": 0.0, "lr": lr * linear_path_lr_scale})
-    return groups
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """LambdaLR factor: linear warmup, then cosine from 1 to min_ratio at total_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def build_optimizers(opt: Optimization, tokenizer: nn.Module, discriminator: nn.Module | None, gan_start_step: int,
-                     total_steps: int) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-    """AdamW and its warmup-cosine schedule (stepped every training step) for the tokenizer, and for the
-    discriminator when there is one: its schedule advances only when it steps, from gan_start_step to the end."""
-    optimizer = torch.optim.AdamW(parameter_groups(tokenizer, opt.weight_decay, opt.lr, opt.linear_path_lr_scale),
-                                  lr=opt.lr, betas=tuple(opt.betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total_steps,
-                                                                          opt.min_lr_ratio))
-    if discriminator is None:
-        return [optimizer], [{"scheduler": schedule, "interval": "step"}]
-    disc = opt.discriminator()
-    disc_optimizer = torch.optim.AdamW(parameter_groups(discriminator, disc["weight_decay"]), lr=disc["lr"],
-                                       betas=tuple(disc["betas"]))
-    disc_total = max(1, total_steps - gan_start_step)
-    disc_schedule = torch.optim.lr_scheduler.LambdaLR(
-        disc_optimizer, warmup_cosine(opt.disc_warmup_steps, disc_total, opt.min_lr_ratio))
-    return [optimizer, disc_optimizer], [{"scheduler": schedule, "interval": "step"},
-                                         {"scheduler": disc_schedule, "interval": "step"}]
-
-
-def pixel_losses(recon: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> dict[str, torch.Tensor]:
-    """Unweighted pixel losses that have a positive weight; recon/target (B, 3, H, W) in [0, 1]."""
-    losses = {}
-    if weights.l1 > 0:
-        losses["l1"] = (recon - target).abs().mean()
-    if weights.l2 > 0:
-        losses["l2"] = (recon - target).pow(2).mean()
-    return losses

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
+from vartok.data.batch import valid_images
 from vartok.models.precision import no_autocast
 
 
@@ -34,9 +35,7 @@ class ReconstructionGrid(pl.Callback):
             loader = loaders[0] if isinstance(loaders, list) and loaders else loaders
             if loader is None or isinstance(loader, list):
                 return None
-            batch = next(iter(loader))
-            images = batch["image"][batch["valid"]] if "valid" in batch else batch["image"]
-            self._images = images[: self.num_images].float() / 255.0
+            self._images = valid_images(next(iter(loader)))[: self.num_images]
         return self._images
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
