@@ -32,8 +32,8 @@ from vartok.data.tar_writer import ShardWriter
 from vartok.metrics.callbacks import EvaluationCallback
 from vartok.tokenizers import LengthPolicy
 from vartok.tokenizers.perturb import PerturbationConfig
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 # run as `python benchmarks/<name>.py`: the repository root is not on sys.path, and the random-weights
 # maker is a test double (tests/fixtures/doubles.py), not part of the vartok package

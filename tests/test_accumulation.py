@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
 
@@ -76,7 +76,7 @@ def test_bad_accumulation_setting_is_one_sentence() -> None:
 
 def test_periodic_callbacks_run_once_per_step_not_per_micro_batch(tmp_path) -> None:
     from vartok.metrics.callbacks import EvaluationCallback
-    from vartok.tokenizers.training.callbacks import ReconstructionGrid
+    from vartok.training.callbacks import ReconstructionGrid
 
     evaluation = EvaluationCallback(every_n_steps=1, num_images=4, metrics=["psnr"], batch_size=4,
                                     cache_reference=False, at_fit_end=False)

@@ -6,7 +6,7 @@ import pytest
 
 from vartok.cli.train import VartokCLI
 from vartok.data import ImageDataModule
-from vartok.tokenizers.training.module import TokenizerModule
+from vartok.training.module import TokenizerModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

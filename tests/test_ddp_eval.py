@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from tests.fixtures.processes import assert_tree_close, free_port, state_hash
 from vartok.metrics.callbacks import EvaluationCallback
 from vartok.nets.weights import WeightsNotFoundError
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD, VAL_COUNT, EVAL_BATCH, SUBSET = 2, 13, 2, 8

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 
 from vartok.tokenizers import LengthPolicy
 from vartok.tokenizers.perturb import PerturbationConfig
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.objective import Objective
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.objective import Objective
+from vartok.training.settings import LossWeights, Optimization
 
 QUANTIZERS = {
     "fsq": {"levels": [5, 5, 5]},

@@ -135,8 +135,8 @@ def test_bounded_end_of_fit_report_measures_baselines_on_the_same_images(tmp_pat
     from vartok.metrics import EvalPlan, evaluate
     from vartok.metrics.baselines import BaselineStats
     from vartok.tokenizers import Tokenizer
-    from vartok.tokenizers.training.module import TokenizerModule
-    from vartok.tokenizers.training.settings import Optimization
+    from vartok.training.module import TokenizerModule
+    from vartok.training.settings import Optimization
 
     train = photo_shards(tmp_path / "train", count=16, size=16, shards=2, seed=1)
     val = photo_shards(tmp_path / "val", count=13, size=16, shards=3, seed=2)
@@ -184,7 +184,7 @@ def test_bounded_end_of_fit_report_measures_baselines_on_the_same_images(tmp_pat
 def test_report_settings_are_checked_when_the_config_is_parsed(tmp_path, monkeypatch, capsys) -> None:
     from vartok.cli.train import VartokCLI
     from vartok.data import ImageDataModule
-    from vartok.tokenizers.training.module import TokenizerModule
+    from vartok.training.module import TokenizerModule
 
     monkeypatch.chdir(tmp_path)
 
@@ -208,7 +208,7 @@ def test_imagenet_recipes_measure_psnr_and_rfid_and_bound_the_end_of_fit_report(
     from vartok.cli.train import VartokCLI
     from vartok.data import ImageDataModule
     from vartok.metrics.callbacks import EvaluationCallback
-    from vartok.tokenizers.training.module import TokenizerModule
+    from vartok.training.module import TokenizerModule
 
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs" / "imagenet" / f"{name}.yaml"), *fake_shards(tmp_path),

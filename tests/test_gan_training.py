@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from vartok.nets.weights import WeightsNotFoundError
 from vartok.tokenizers import LengthPolicy, Tokenizer, load_tokenizer
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 START, STEPS, BATCH = 3, 6, 8  # 32 images / 8 = 4 steps per epoch
 

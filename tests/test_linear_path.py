@@ -13,9 +13,9 @@ from vartok.models.linear_path import PCA_SPREAD
 from vartok.tokenizers import LengthPolicy
 from vartok.tokenizers.config import preset_config
 from vartok.tokenizers.tokenizer import Tokenizer
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.optim import parameter_groups
-from vartok.tokenizers.training.settings import Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.optim import parameter_groups
+from vartok.training.settings import Optimization
 
 TINY = {"num_tokens": 4, "global_linear": True}  # demo_tiny: 16 px, fsq [5, 5, 5] -> D = 3, 12 components
 
@@ -115,7 +115,7 @@ def test_fit_starts_the_linear_path_at_pca_and_resume_keeps_the_checkpoint(shard
     resumed = linear_module()
     calls = []
     again = StartRecorder()
-    with mock.patch("vartok.tokenizers.training.module.start_linear_path", lambda *a: calls.append(1)):
+    with mock.patch("vartok.training.module.start_linear_path", lambda *a: calls.append(1)):
         make_trainer(tmp_path / "b", 12, callbacks=[again]).fit(resumed, make_data(shards),
                                                                ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]

@@ -14,7 +14,7 @@ from torch import nn
 from vartok.models.discriminator import PatchDiscriminator, build_discriminator
 from vartok.models.losses import LeCam, LPIPSLoss, adaptive_weight, discriminator_loss, generator_loss
 from vartok.nets.weights import WeightsNotFoundError
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.settings import LossWeights, Optimization
 
 REAL = [2.0, 0.5, -1.0, 0.25]
 FAKE = [-2.0, 0.3, 1.5, -0.75]

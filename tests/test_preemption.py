@@ -1,4 +1,4 @@
-"""SLURM preemption with `SlurmRequeue` (vartok/tokenizers/training/preemption.py): whenever SLURM's SIGUSR1 arrives,
+"""SLURM preemption with `SlurmRequeue` (vartok/training/preemption.py): whenever SLURM's SIGUSR1 arrives,
 the job saves at the next step end, requeues itself once and stops, and the requeued job (the command of
 docs/launch.md section 4: the same `vartok-train fit ... --ckpt_path last`) ends with the uninterrupted run's
 weights, bit for bit; Lightning's own handler, signalled after the optimizer step, does not.
@@ -27,7 +27,7 @@ import torch
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.requeue_fit import STEPS, tiny_config
 from tests.fixtures.resume_fit import tiny_data, tiny_module, tiny_trainer, weights
-from vartok.tokenizers.training.preemption import SlurmRequeue, parse_signal
+from vartok.training.preemption import SlurmRequeue, parse_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "requeue_fit.py"

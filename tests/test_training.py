@@ -9,8 +9,8 @@ import torch
 from tests.fixtures.photo_shards import photo_shards
 from vartok.data import ImageDataModule
 from vartok.tokenizers import LengthPolicy
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 
 def make_module(**kw) -> TokenizerModule:
@@ -171,7 +171,7 @@ def test_validation_psnr_is_the_reports_psnr(shards, tmp_path):
 
 
 def test_entropy_weight_ramps_linearly_then_stays() -> None:
-    from vartok.tokenizers.training.objective import Objective
+    from vartok.training.objective import Objective
 
     ramp = Objective(LossWeights(entropy=0.1, entropy_start=1.0, entropy_decay_steps=100)).entropy_weight
     for step in [0, 1, 37, 99, 100, 5000]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vartok.models.quantizers import build_quantizer
-from vartok.tokenizers.training.strategy import check_accumulation, check_strategy
+from vartok.training.strategy import check_accumulation, check_strategy
 
 
 def quantizer():

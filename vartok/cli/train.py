@@ -18,7 +18,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from vartok.data import ImageDataModule
 from vartok.tokenizers.length import pow2_lengths
-from vartok.tokenizers.training.module import TokenizerModule
+from vartok.training.module import TokenizerModule
 
 # The EMA copy of the tokenizer (and any frozen loss network) stays in eval mode on purpose; Lightning warns
 # about every such module at the start of fit.
@@ -76,7 +76,7 @@ class VartokCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Settings that cannot work stop here, before the data, the PCA or the first step."""
-        from vartok.tokenizers.training.strategy import check_accumulation, check_strategy
+        from vartok.training.strategy import check_accumulation, check_strategy
 
         check_accumulation(self.trainer)
         check_strategy(self.trainer)

@@ -10,8 +10,8 @@ from vartok.models.losses import LPIPSLoss
 from vartok.nets.weights import WeightsNotFoundError
 from vartok.tokenizers.ramp import Ramp
 from vartok.tokenizers.tokenizer import TokenizerOutput
-from vartok.tokenizers.training.adversary import generator_term
-from vartok.tokenizers.training.settings import LossWeights
+from vartok.training.adversary import generator_term
+from vartok.training.settings import LossWeights
 
 
 def pixel_losses(recon: Tensor, target: Tensor, weights: LossWeights) -> dict[str, Tensor]:

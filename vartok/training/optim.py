@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from vartok.tokenizers.training.settings import Optimization
+from vartok.training.settings import Optimization
 
 NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop_token", "patch_to_latent",
                   "latent_to_patch")

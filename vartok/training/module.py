@@ -32,13 +32,13 @@ from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
 from vartok.tokenizers.randomness import keyed_seed, step_randomness
 from vartok.tokenizers.tokenizer import Tokenizer
-from vartok.tokenizers.training import optim
-from vartok.tokenizers.training.adversary import discriminator_terms
-from vartok.tokenizers.training.ema import EMA
-from vartok.tokenizers.training.objective import Objective
-from vartok.tokenizers.training.pca_start import start_linear_path
-from vartok.tokenizers.training.settings import LossWeights, Optimization
-from vartok.tokenizers.training.strategy import check_ddp_with_discriminator, check_strategy
+from vartok.training import optim
+from vartok.training.adversary import discriminator_terms
+from vartok.training.ema import EMA
+from vartok.training.objective import Objective
+from vartok.training.pca_start import start_linear_path
+from vartok.training.settings import LossWeights, Optimization
+from vartok.training.strategy import check_ddp_with_discriminator, check_strategy
 
 
 class TokenizerModule(pl.LightningModule):

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from vartok.models.discriminator import frozen
 from vartok.models.losses import LeCam, adaptive_weight, discriminator_loss, generator_loss
-from vartok.tokenizers.training.settings import LossWeights
+from vartok.training.settings import LossWeights
 
 
 def generator_term(discriminator: nn.Module, recon: Tensor, reconstruction: Tensor, weights: LossWeights,

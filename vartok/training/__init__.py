@@ -1,7 +1,7 @@
 """Training a Tokenizer with Lightning: the module (`TokenizerModule`), its settings and parts, and the
 callbacks a training run uses (reconstruction grids, SLURM requeue)."""
 
-from vartok.tokenizers.training.module import TokenizerModule
-from vartok.tokenizers.training.settings import LossWeights, Optimization
+from vartok.training.module import TokenizerModule
+from vartok.training.settings import LossWeights, Optimization
 
 __all__ = ["LossWeights", "Optimization", "TokenizerModule"]
