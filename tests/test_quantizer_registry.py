@@ -105,3 +105,23 @@ def test_a_quantizer_without_the_perturbation_interface_names_itself() -> None:
         bare.nearest_codes(torch.zeros(1, 1), 1)
     with pytest.raises(NotImplementedError, match="Bare does not implement the classmethod code_width"):
         Bare.code_width()
+
+
+@pytest.mark.parametrize("name, kwargs", [(name, SMALL[name][1]) for name in sorted(QUANTIZERS)]
+                         + [("vq", {**SMALL["vq"][1], "ema": False})])
+def test_the_nearest_code_is_the_code_the_quantizer_assigns(name: str, kwargs: dict) -> None:
+    """An independent oracle for every quantizer, the learnable vq codebook included: the code each token is
+    assigned in the forward pass is the first of its nearest codes (the search uses the quantizer's own
+    distance, euclidean for a learnable codebook, cosine for the EMA one)."""
+    torch.manual_seed(3)
+    width = QUANTIZERS[name].code_width(**kwargs)
+    quantizer = build_quantizer(name, width + 2, **kwargs).eval()  # with the input projection
+    if name == "vq" and not kwargs.get("ema", True):
+        with torch.no_grad():  # codes of unequal norms: cosine and euclidean order then differ
+            quantizer.vq.codebook.mul_(torch.rand(quantizer.codebook_size, 1) * 3 + 0.1)
+    latents = torch.randn(3, 40, width + 2)
+    with torch.no_grad():
+        assigned = quantizer(latents).indices.reshape(3 * 40, -1)  # (M, G)
+        x = quantizer.symbol_latents(latents)  # (B, N, G, C)
+        nearest = quantizer.nearest_codes(x.reshape(-1, x.shape[-1]), 1).reshape(3 * 40, -1)
+    assert torch.equal(nearest, assigned)

@@ -121,29 +121,31 @@ class VQQuantizer(Quantizer):
         return int(self.codebook_size)
 
     def symbol_latents(self, latents: Tensor) -> Tensor:
-        """l2norm(project_in(z)), the latent the codebook is compared with.
+        """The latent the codebook is compared with: l2norm(project_in(z)) for the EMA codebook (cosine
+        similarity), project_in(z) itself for the learnable one (euclidean distance).
 
         Args:
             latents: (B, N, D) encoder outputs, before the quantizer.
         Returns:
-            (B, N, 1, codebook_dim) float32, unit norm.
+            (B, N, 1, codebook_dim) float32.
         """
-        return F.normalize(self.project_in(latents.detach().float()), dim=-1)[:, :, None]
+        low = self.project_in(latents.detach().float())
+        return (F.normalize(low, dim=-1) if self.ema else low)[:, :, None]
 
     def nearest_codes(self, x: Tensor, count: int) -> Tensor:
-        """The `count` codebook entries most similar to each latent (cosine), as the library ranks them.
-
-        The EMA codebook is stored l2-normalised by the library (in training, as this step's EMA update left
-        it), so the similarity is a dot product; rows are searched in chunks to bound the memory. A learnable
-        codebook (ema=False) is stored unnormalised and ranked by the same dot product, which is not the
-        euclidean distance that quantizer assigns codes by.
+        """The `count` codebook entries nearest to each latent by the quantizer's own rule: the largest cosine
+        similarity (EMA codebook, stored l2-normalised by the library, so a dot product; in training as this
+        step's EMA update left it), or the smallest euclidean distance (learnable codebook: the largest
+        2<x, c> - |c|², the same order). Rows are searched in chunks to bound the memory.
 
         Args:
-            x: (M, codebook_dim) unit-norm symbol latents from `symbol_latents`.
+            x: (M, codebook_dim) symbol latents from `symbol_latents`.
             count: number of codes, <= K.
         Returns:
             (M, count) int64 codebook indices, nearest first.
         """
         codebook = self.vq.codebook.detach().float()  # (K, d)
+        offset = 0.0 if self.ema else codebook.square().sum(1)  # (K,): |c|² for the euclidean order
+        scale = 1.0 if self.ema else 2.0
         step = max(1, SEARCH_CHUNK_ELEMENTS // codebook.shape[0])
-        return torch.cat([(chunk @ codebook.T).topk(count, dim=1).indices for chunk in x.split(step)])
+        return torch.cat([(scale * chunk @ codebook.T - offset).topk(count, dim=1).indices for chunk in x.split(step)])
