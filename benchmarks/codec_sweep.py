@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vartok.metrics.baselines import CODECS, codec_settings, encode_decode
-from vartok.metrics.quality import psnr_per_image, ssim_per_image
+from vartok.metrics.quality import ssim_per_image
+from vartok.pixels import psnr_per_image
 
 
 def images(count: int, size: int) -> torch.Tensor:

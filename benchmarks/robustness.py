@@ -26,8 +26,8 @@ from torch import Tensor
 from vartok.data import demo_shards, val_loader
 from vartok.metrics.evaluation import evaluate
 from vartok.metrics.plan import EvalPlan, Networks
-from vartok.metrics.quality import psnr_per_image
 from vartok.nets.inception import build_inception
+from vartok.pixels import psnr_per_image
 from vartok.tokenizers import load_tokenizer
 from vartok.tokenizers.perturb import pfid_perturbation
 

@@ -14,7 +14,7 @@ import torch
 import vartok.data
 from tests.fixtures.doubles import ThumbnailTokenizer, photo_crops
 from vartok.cli.evaluate import main
-from vartok.metrics.quality import psnr_per_image
+from vartok.pixels import psnr_per_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

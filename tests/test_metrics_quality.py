@@ -8,7 +8,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from vartok.metrics.quality import QualityMeter, psnr_per_image, ssim_per_image
+from vartok.metrics.quality import QualityMeter, ssim_per_image
+from vartok.pixels import psnr_per_image
 
 
 def _pair(seed: int, batch: int = 5, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:

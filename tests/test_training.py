@@ -151,7 +151,7 @@ def test_validation_psnr_is_the_reports_psnr(shards, tmp_path):
     """One PSNR: `val/psnr_<k>` of the training module (EMA weights) equals report.json's `psnr` at k for the
     same images (both of the 8-bit reconstruction); the float reconstruction's PSNR differs."""
     from vartok.metrics import EvalPlan, evaluate
-    from vartok.metrics.quality import psnr_per_image
+    from vartok.pixels import psnr_per_image
 
     pl.seed_everything(0)
     module, data = make_module(), make_data(shards)

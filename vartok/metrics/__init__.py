@@ -26,7 +26,7 @@ _EXPORTS = {
     "LPIPS": "vartok.nets.lpips",
     "LPIPSLoss": "vartok.nets.lpips",
     "QualityMeter": "vartok.metrics.quality",
-    "psnr_per_image": "vartok.metrics.quality",
+    "psnr_per_image": "vartok.pixels",
     "ssim_per_image": "vartok.metrics.quality",
     "BaselineStats": "vartok.metrics.baselines",
     "CodebookStats": "vartok.metrics.codebook",

@@ -20,7 +20,8 @@ from PIL import Image
 from torch import Tensor
 from torchmetrics import Metric
 
-from vartok.metrics.quality import psnr_per_image, ssim_per_image
+from vartok.metrics.quality import ssim_per_image
+from vartok.pixels import psnr_per_image
 
 CODECS = ("jpeg", "webp", "thumbnail")
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)

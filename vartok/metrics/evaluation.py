@@ -33,9 +33,10 @@ from vartok.metrics.networks import build_networks
 from vartok.metrics.pfid import perturb
 from vartok.metrics.plan import EvalPlan, ResolvedPlan
 from vartok.metrics.progress import progress
-from vartok.metrics.quality import QualityMeter, to_uint8
+from vartok.metrics.quality import QualityMeter
 from vartok.metrics.rate import bits_per_pixel, bytes_per_image
 from vartok.metrics.report import finish_report
+from vartok.pixels import to_uint8
 
 
 def _never() -> bool:

@@ -2,8 +2,7 @@
 
 Every statistic is a torchmetrics sum state (MeanMetric, StructuralSimilarityIndexMeasure), so under
 torch.distributed each image counts exactly once over all ranks. PSNR is the MEAN OVER IMAGES of the
-per-image PSNR (not the PSNR of the pooled MSE); a per-image MSE is floored at 1e-10 (100 dB) so that an
-exact reconstruction gives a finite number.
+per-image PSNR (not the PSNR of the pooled MSE), `vartok.pixels.psnr_per_image`.
 """
 
 from __future__ import annotations
@@ -14,29 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-MSE_FLOOR = 1e-10
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """(B,3,H,W) float in [0,1] → uint8, clamped and rounded: the image as it would be saved, which every
-    fidelity figure (the report's and the training module's validation PSNR) is measured on."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def psnr_per_image(images: Tensor, targets: Tensor) -> Tensor:
-    """PSNR in dB with data range 1.0 (255 for uint8 inputs), per image.
-
-    Args:
-        images, targets: (B,3,H,W), both float in [0,1] or both uint8 (then the MSE is exact integer math).
-    Returns:
-        (B,) float64 for uint8 inputs, else the input dtype.
-    """
-    if images.dtype == torch.uint8 and targets.dtype == torch.uint8:
-        squared = (images.int() - targets.int()).square().flatten(1).sum(1)  # int64, exact
-        mse = (squared.double() / (squared.new_tensor(images[0].numel()).double() * 255.0**2)).clamp_min(MSE_FLOOR)
-        return -10.0 * torch.log10(mse)
-    mse = (images.double() - targets.double()).square().flatten(1).mean(1).clamp_min(MSE_FLOOR)
-    return (-10.0 * torch.log10(mse)).to(images.dtype)
+from vartok.pixels import psnr_per_image
 
 
 def ssim_per_image(images: Tensor, targets: Tensor, chunk: int = 16) -> Tensor:

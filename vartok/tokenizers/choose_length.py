@@ -14,9 +14,8 @@ returns a k in [1, N] whose reconstruction met the target when it was tested (or
 the smallest such k. An image that does not meet the target below N gets N (the best the tokenizer can do;
 N itself is not required to meet the target).
 
-Quality is measured as `vartok.metrics` evaluates it: on the reconstruction clamped to [0, 1] and rounded to
-8 bits (as it would be saved); PSNR with data range 1.0 and the MSE floored at 1e-10; LPIPS by the caller's
-network. This module does not import `vartok.metrics` (imports flow models <- tokenizers <- metrics).
+Quality is measured as `vartok.metrics` evaluates it: PSNR of the 8-bit reconstruction (`vartok.pixels`);
+LPIPS by the caller's network.
 """
 
 from __future__ import annotations
@@ -28,23 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MSE_FLOOR = 1e-10  # as vartok.metrics.quality: an exact reconstruction gives 100 dB, not inf
+from vartok.pixels import psnr_per_image, to_uint8
 
 #: (reconstructions, originals), both (B, 3, H, W) in [0, 1] -> (B,) distances (lower is better).
 DistanceFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def psnr_8bit(recon: Tensor, images: Tensor) -> Tensor:
-    """PSNR in dB (data range 1) of `recon` rounded to 8 bits against `images`.
-
-    Args:
-        recon, images: (B, 3, H, W) float in [0, 1].
-    Returns:
-        (B,) float64.
-    """
-    saved = (recon.double().clamp(0, 1) * 255).round() / 255
-    mse = (saved - images.double()).square().flatten(1).mean(1).clamp_min(MSE_FLOOR)
-    return -10.0 * torch.log10(mse)
 
 
 def _meets_target(
@@ -61,7 +47,7 @@ def _meets_target(
             target_psnr
         ):
             raise ValueError(f"target_psnr must be a finite number of dB, got {target_psnr!r}")
-        return lambda recon, images: psnr_8bit(recon, images) >= target_psnr
+        return lambda recon, images: psnr_per_image(to_uint8(recon), images) >= target_psnr
     if isinstance(target_lpips, bool) or not isinstance(target_lpips, (int, float)) or not (
         math.isfinite(target_lpips) and target_lpips >= 0
     ):

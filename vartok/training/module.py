@@ -22,11 +22,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from vartok.data.batch import parse_batch, to_unit
-from vartok.metrics.quality import psnr_per_image, to_uint8
 from vartok.models.discriminator import build_discriminator
 from vartok.models.losses import LeCam
 from vartok.models.precision import no_autocast
 from vartok.models.quantizers.binary import NonFiniteError
+from vartok.pixels import psnr_per_image, to_uint8
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
