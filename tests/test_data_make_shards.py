@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -176,3 +177,28 @@ def test_cli_make_shards_and_one_line_errors(planted, tmp_path, capsys):
                       "--maxcount", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--maxcount=0" in err
+
+
+def test_cli_use_hint_pastes_into_bash_and_hidden_and_tiny_files_are_listed(planted, tmp_path, capsys):
+    root, _ = planted  # holds class_a/.DS_Store and tiny images (1×1, 7×5, 300×2)
+    (root / "class_b" / "._good_rgb.jpg").write_bytes(b"\x00\x05\x16\x07 macOS AppleDouble")
+    out = tmp_path / "out"
+    assert data_main(["make-shards", "--input", str(root), "--output", str(out), "--maxcount", "10",
+                      "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    last = len(list(out.glob("shard-*.tar"))) - 1
+    assert last > 0
+    use = next(line for line in lines if line.startswith("use: --data.train_shards "))
+    pasted = use.removeprefix("use: --data.train_shards ").split("   (or")[0]
+    words = subprocess.run(["bash", "-c", f"printf '%s\\n' {pasted}"], capture_output=True, text=True,
+                           check=True, timeout=30).stdout.splitlines()
+    assert words == [f"{out}/shard-{{000000..{last:06d}}}.tar"]  # one word: the braces reach the loader
+    assert "(12 files left out, 2 hidden files not read)" in lines[0]
+    hidden = next(line for line in lines if line.startswith("  not read, hidden"))
+    assert "class_a/.DS_Store: macOS folder metadata" in hidden
+    assert "class_b/._good_rgb.jpg: macOS resource fork (AppleDouble), not an image" in hidden
+    tiny = next(line for line in lines if line.startswith("  kept, tiny (shorter side < 32 px"))
+    assert "tiny_1x1.png 1×1" in tiny and "small_7x5.jpg 7×5" in tiny and "thin_300x2.png 300×2" in tiny
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [entry["path"] for entry in manifest["hidden"]] == ["class_a/.DS_Store", "class_b/._good_rgb.jpg"]
+    assert {Path(entry["path"]).name for entry in manifest["tiny"]} >= {"tiny_1x1.png", "small_7x5.jpg"}

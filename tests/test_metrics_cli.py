@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import types
 
 import pytest
 import torch
 
 import vartok.data
+import vartok.tokenizers
 from tests.fixtures.doubles import ThumbnailTokenizer, photo_crops
 from vartok.cli.evaluate import main
 from vartok.pixels import psnr_per_image
@@ -34,14 +34,12 @@ class ChoosingTokenizer(ThumbnailTokenizer):
 @pytest.fixture
 def stand_ins(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    module = types.ModuleType("vartok.tokenizers")
-    module.load_tokenizer = lambda path: ChoosingTokenizer(16)
-    monkeypatch.setitem(sys.modules, "vartok.tokenizers", module)
+    monkeypatch.setattr(vartok.tokenizers, "load_tokenizer", lambda path, use_ema=True: ChoosingTokenizer(16))
     monkeypatch.setitem(sys.modules, "vartok.tokenizers.perturb", None)  # no perturbation operator installed
     images = photo_crops(6, 16, seed=2)
     calls = []
 
-    def val_loader(shards, image_size, batch_size, num_workers=0, rank=0, world_size=1):
+    def val_loader(shards, image_size, batch_size, num_workers=0, rank=0, world_size=1, **settings):
         calls.append((shards, image_size, batch_size))
         return [{"image": images[i : i + batch_size], "valid": torch.ones(len(images[i : i + batch_size]), dtype=bool),
                  "key": [str(j) for j in range(i, i + batch_size)]} for i in range(0, 6, batch_size)]

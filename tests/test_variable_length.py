@@ -187,6 +187,27 @@ def test_tokenizer_decode_bad_length_names_the_range(length, message):
         tok.decode(indices, length=length)
 
 
+# ---------------------------------------------------------------- a stored prefix of k tokens
+@pytest.mark.parametrize(
+    ("mode", "fill", "quantizer"),
+    [("tail_drop", "pad", None), ("nested_dropout", "mask_token", None), ("tail_drop", "pad", "gq"),
+     ("nested_dropout", "mask_token", "gq")],
+)
+def test_a_stored_prefix_of_k_tokens_decodes_exactly_as_the_full_indices_at_length_k(mode, fill, quantizer):
+    tok = make(policy=LengthPolicy(mode=mode, granularity="sample"), decode_fill=fill, quantizer=quantizer).eval()
+    indices = tok.encode(images_for(tok, 3)).indices  # (B, N) or (B, N, G)
+    n = tok.num_tokens
+    assert indices.shape[1] == n and indices.dim() == (3 if quantizer == "gq" else 2)
+    for k in (1, 2, 5, 17, n - 1, n):
+        full_at_k = tok.decode(indices, length=k)
+        stored = indices[:, :k].clone()  # what a caller keeps: k tokens, nothing after them
+        assert torch.equal(tok.decode(stored), full_at_k)  # length defaults to k
+        assert torch.equal(tok.decode(stored, length=k), full_at_k)
+    lengths = torch.tensor([3, 9, 6])  # per image, within the prefix
+    assert torch.equal(tok.decode(indices[:, :9].clone(), length=lengths), tok.decode(indices, length=lengths))
+    assert not torch.equal(tok.decode(indices[:, :2]), tok.decode(indices[:, :3]))  # k matters: not vacuous
+
+
 # ---------------------------------------------------------------- choose_length
 class ProgressiveFake:
     """Decoding k of N tokens gives image + noise·(N−k)/N: the error shrinks with k for every pixel (also after

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 
 from vartok.data.errors import DataError
@@ -45,6 +46,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _examples(items: list[str], limit: int = 5) -> str:
+    """The first `limit` items, then how many more manifest.json lists."""
+    more = f"; and {len(items) - limit} more in manifest.json" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def _summary(manifest: dict) -> list[str]:
+    """The printed lines after the totals: what was left out or not read, and what was kept but converted or tiny,
+    with the first files of each kind."""
+    from vartok.data.shard_writer import TINY_SIDE
+
+    lines = []
+    by_reason: dict[str, list[str]] = {}
+    for entry in manifest["bad_files"]:
+        by_reason.setdefault(entry["reason"], []).append(entry["path"])
+    for reason, paths in sorted(by_reason.items()):
+        lines.append(f"  left out, {reason}: {len(paths)} ({_examples(paths)})")
+    hidden = [f"{entry['path']}: {entry['reason']}" for entry in manifest.get("hidden", [])]
+    if hidden:
+        lines.append(f"  not read, hidden (name starts with '.'): {len(hidden)} ({_examples(hidden)})")
+    tiny = [f"{entry['path']} {entry['size'][0]}×{entry['size'][1]}" for entry in manifest.get("tiny", [])]
+    if tiny:
+        lines.append(f"  kept, tiny (shorter side < {TINY_SIDE} px, upscaled a lot when read): {len(tiny)} "
+                     f"({_examples(tiny)})")
+    for note, count in sorted(manifest["converted"].items()):
+        lines.append(f"  kept, {note}: {count}")
+    return lines
+
+
 def _make_shards(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -56,18 +86,19 @@ def _make_shards(args: argparse.Namespace) -> int:
     shards = manifest["shards"]
     if finished_before:
         print(f"{args.output} is already complete for this input; nothing to do.")
+    hidden = len(manifest.get("hidden", []))
     print(f"{manifest['total_images']} images in {len(shards)} shards in {args.output} "
-          f"({len(manifest['bad_files'])} files left out)")
-    for reason, count in sorted(manifest["skipped"].items()):
-        print(f"  left out, {reason}: {count}")
-    for note, count in sorted(manifest["converted"].items()):
-        print(f"  kept, {note}: {count}")
+          f"({len(manifest['bad_files'])} files left out" + (f", {hidden} hidden files not read)" if hidden else ")"))
+    for line in _summary(manifest):
+        print(line)
     if shards:
         last = len(shards) - 1
         pattern = "shard-000000.tar" if last == 0 else f"shard-{{000000..{last:06d}}}.tar"
-        print(f"use: --data.train_shards {args.output.rstrip('/')}/{pattern}   (or the folder itself)")
+        # quoted: bash would expand the braces into one word per shard
+        print(f"use: --data.train_shards {shlex.quote(args.output.rstrip('/') + '/' + pattern)}   "
+              "(or the folder itself)")
     else:
-        print(f"error: none of the {manifest['total_inputs']} input files is a usable image; "
+        print(f"vartok-data: error: none of the {manifest['total_inputs']} input files is a usable image; "
               f"see {args.output}/manifest.json for the reasons", file=sys.stderr)
         return 1
     return 0
@@ -92,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _make_shards(args) if args.command == "make-shards" else _demo(args)
     except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"vartok-data: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

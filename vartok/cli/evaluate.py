@@ -1,12 +1,14 @@
 """`vartok-eval`: evaluate a tokenizer (export folder or Lightning checkpoint) at several token counts.
 
-    vartok-eval --checkpoint CKPT_OR_EXPORT_DIR --data URLS|demo --lengths 1,2,4,... \\
+    vartok-eval --checkpoint CKPT_OR_EXPORT_DIR [--weights ema|raw] --data URLS|demo --lengths 1,2,4,... \\
         --metrics psnr,ssim,lpips,rfid,pfid --out DIR [--inception-weights PATH] [--lpips-weights PATH]
         [--batch-size N] [--device cpu] [--pfid-alpha 0.05,0.1,0.2 --pfid-delta 16 --pfid-seeds 2]
-        [--target-psnr X]
+        [--target-psnr X] [--max-skip-fraction 0.01]
 
-Writes DIR/report.json, DIR/rd.png, DIR/grid.png and prints a table. Under torchrun each rank evaluates its
-share of the images and every image is counted once.
+Writes DIR/report.json (with the provenance of the evaluated weights and of the measuring networks' files),
+DIR/rd.png, DIR/grid.png and prints a table. Under torchrun each rank evaluates its share of the images and
+every image is counted once. Exit status: 0 done, 2 a user mistake (one line, before any work), 1 nothing was
+measured (no image read, or none of the requested metrics could be computed).
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from vartok.cli.export import check_out_folder
+
 DEFAULT_METRICS = "psnr,ssim,lpips,rfid"
+SKIP_FLAG = "--max-skip-fraction"
+
+
+class NothingMeasured(RuntimeError):
+    """The run ended without a single requested figure (exit status 1); the message says why."""
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -45,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The vartok-eval argument parser."""
     p = argparse.ArgumentParser(prog="vartok-eval", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="export folder (config.json + model.safetensors) or .ckpt")
+    p.add_argument("--weights", choices=("ema", "raw"), default=None,
+                   help="for a .ckpt: evaluate its EMA (default) or raw weights; recorded in report.json")
     p.add_argument("--data", required=True, help="validation shards (pattern, folder, list) or 'demo'")
     p.add_argument("--lengths", type=lambda t: _int_list("--lengths", t), default=None,
                    help="token counts k, e.g. 1,2,4,8 (default 1,2,4,...,N plus N)")
@@ -69,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "~0.2 s per 256-px image plus its SSIM, fast on a GPU)")
     p.add_argument("--no-baselines", action="store_true", help="skip the codec baselines")
     p.add_argument("--grid-images", type=int, default=8, help="images in grid.png (default 8)")
+    p.add_argument(SKIP_FLAG, type=float, default=0.01,
+                   help="stop when a larger fraction of the samples cannot be read (default 0.01; 1 = never)")
     return p
 
 
@@ -80,6 +94,33 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}={value} is not allowed; it must be an integer ≥ {low}.")
     if args.baseline_images is not None and args.baseline_images < 1:
         raise ValueError(f"--baseline-images={args.baseline_images} is not allowed; it must be ≥ 1.")
+    if not 0 <= args.max_skip_fraction <= 1:
+        raise ValueError(f"{SKIP_FLAG}={args.max_skip_fraction} is not allowed; give a fraction in [0, 1].")
+    if args.weights is not None and Path(args.checkpoint).is_dir():
+        raise ValueError(f"--weights {args.weights} applies to a .ckpt training checkpoint, but {args.checkpoint} is "
+                         "an export folder, which holds the one set of weights vartok-export wrote (EMA unless "
+                         "it ran with --raw); leave --weights out.")
+    check_out_folder(args.out, "report.json, rd.png and grid.png")
+    _check_device(args.device)
+
+
+def _check_device(device: str | None) -> None:
+    """A --device this machine has: checked before anything is loaded."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N.") from None
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asks for a CUDA GPU but this machine has none that PyTorch can use "
+                         "(torch.cuda.is_available() is False); use --device cpu.")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"--device {device} does not exist: this machine has {count} CUDA GPU(s), cuda:0 to "
+                         f"cuda:{count - 1}; pick one of them.")
 
 
 def _distributed(device: str | None) -> tuple[int, int, torch.device]:
@@ -89,7 +130,7 @@ def _distributed(device: str | None) -> tuple[int, int, torch.device]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if wants_cuda else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
-    if device is None:
+    if device is None or (device == "cuda" and world > 1):  # plain "cuda" under torchrun: this rank's GPU
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if wants_cuda else "cpu"
     return rank, world, torch.device(device)
 
@@ -111,34 +152,76 @@ def _perturbations(tokenizer: Any, alphas: list[float], delta: int) -> tuple[dic
     return {f"alpha={a:g},delta={delta}": pfid_perturbation(tokenizer, a, delta) for a in alphas}, {}
 
 
+def _unmeasured(metrics: set[str], unavailable: dict[str, str]) -> str | None:
+    """Why none of the requested metrics can be measured, or None when at least one can."""
+    if set(metrics) - set(unavailable):
+        return None
+    reasons = "; ".join(f"{m}: {unavailable[m].rstrip('.')}" for m in sorted(metrics))
+    return f"none of the requested metrics ({','.join(sorted(metrics))}) can be computed ({reasons})"
+
+
+def _networks(metrics: set[str], args: argparse.Namespace, unavailable: dict[str, str]) -> Any:
+    """The measuring networks, built before the data is read (a missing hub file fills `unavailable`)."""
+    from vartok.metrics.networks import build_networks
+    from vartok.metrics.plan import Networks
+
+    files = Networks(inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,
+                     allow_download=args.allow_download)
+    built = build_networks(metrics, files, unavailable)
+    files.inception, files.lpips = built["inception"], built["lpips"]
+    return files
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Load the tokenizer and the data, evaluate, write the report (rank 0)."""
+    """Check the arguments, load the tokenizer, the measuring networks and the data, evaluate, write the report
+    (rank 0); raise NothingMeasured when no image was read or no requested metric could be computed."""
     from vartok.data import val_loader
     from vartok.metrics.evaluation import evaluate
-    from vartok.metrics.plan import EvalPlan, Networks, check_metrics
+    from vartok.metrics.plan import EvalPlan, check_metrics
     from vartok.tokenizers import load_tokenizer
+    from vartok.tokenizers.loading import checkpoint_provenance
 
     _check_args(args)
     metrics = check_metrics(args.metrics.split(","))
     rank, world, device = _distributed(args.device)
-    tokenizer = load_tokenizer(args.checkpoint)
-    loader = val_loader(_shards(args.data), int(tokenizer.image_size), args.batch_size, args.num_workers,
-                        rank=rank, world_size=world)
+    use_ema = args.weights != "raw"
+    tokenizer = load_tokenizer(args.checkpoint, use_ema=use_ema)
     perturbations, unavailable = _perturbations(tokenizer, args.pfid_alpha, args.pfid_delta) \
         if "pfid" in metrics else ({}, {})
-    networks = Networks(inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,
-                        allow_download=args.allow_download)
+    networks = _networks(metrics, args, unavailable)
+    why = _unmeasured(metrics, unavailable)
+    if why is not None:
+        raise NothingMeasured(f"{why}; nothing was evaluated.")
+    loader = val_loader(_shards(args.data), int(tokenizer.image_size), args.batch_size, args.num_workers,
+                        rank=rank, world_size=world, max_skip_fraction=args.max_skip_fraction,
+                        skip_setting=SKIP_FLAG)
     plan = EvalPlan(
         lengths=args.lengths, metrics=metrics, device=device, networks=networks, perturbations=perturbations,
         pfid_seeds=range(args.pfid_seeds), fid_stats_dir=args.fid_stats_cache, data_id=str(args.data),
         baselines=not args.no_baselines, baseline_images=args.baseline_images, target_psnr=args.target_psnr,
         grid_images=args.grid_images, show=True, unavailable=unavailable,
+        provenance={"checkpoint": checkpoint_provenance(args.checkpoint, use_ema)},
     )
-    return evaluate(tokenizer, loader, plan, args.out)
+    report = evaluate(tokenizer, loader, plan, args.out)
+    _check_measured(report, metrics, args)
+    return report
+
+
+def _check_measured(report: dict, metrics: set[str], args: argparse.Namespace) -> None:
+    """Raise NothingMeasured when the report holds no image or none of the requested metrics."""
+    if report["num_images"] == 0:
+        skipped = report.get("skipped") or {}
+        detail = ", ".join(f"{reason}={count}" for reason, count in sorted(skipped.items())) or "it holds no sample"
+        raise NothingMeasured(f"no image could be read from --data {args.data} ({detail}); check the shards "
+                              "(vartok-data make-shards verifies images).")
+    why = _unmeasured(metrics, report.get("unavailable", {}))
+    if why is not None:
+        raise NothingMeasured(f"{why}; {Path(args.out) / 'report.json'} has only the rate figures.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; user mistakes end with one line on stderr and exit status 2."""
+    """Console entry point: a user mistake ends with one line on stderr and exit status 2, a run that measured
+    nothing (no image, or every requested metric unavailable) with one line and status 1."""
     args = build_parser().parse_args(argv)
     from vartok.nets.weights import WeightsFileError, WeightsNotFoundError
 
@@ -147,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, WeightsFileError, WeightsNotFoundError) as err:
         print(f"vartok-eval: error: {err}", file=sys.stderr)
         return 2
+    except NothingMeasured as err:
+        print(f"vartok-eval: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,16 +1,24 @@
-"""A CSV logger that continues `metrics.csv` on resume instead of deleting it.
+"""What a training run prints and logs: the progress bar, Lightning's messages, and the CSV metrics.
 
-Lightning's CSVLogger deletes `metrics.csv` when its folder already holds files, and vartok's runs always log
-to the same folder (`<run dir>/logs`, where the checkpoints also live), so every resume erased the history.
-This writer keeps the file and, at its first write, drops only the rows from the step it starts at on: rows a
-preempted run wrote after its last checkpoint are written again by the resumed run, and a fresh run (step 0)
-into an old folder replaces the old rows, as before.
+`StepProgressBar` counts training steps out of `trainer.max_steps`; `quiet_lightning` drops Lightning's
+advertisements and the warnings that do not apply to vartok's runs.
+
+The CSV logger continues `metrics.csv` on resume instead of deleting it: Lightning's CSVLogger deletes it
+when its folder already holds files, and vartok's runs always log to the same folder (`<run dir>/logs`, where
+the checkpoints also live), so every resume erased the history. This writer keeps the file and, at its first
+write, drops only the rows from the step it starts at on: rows a preempted run wrote after its last checkpoint
+are written again by the resumed run, and a fresh run (step 0) into an old folder replaces the old rows.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import warnings
+from typing import Any
 
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -52,3 +60,60 @@ class ContinuingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = ContinuingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing ..." lines: they advertise services, not the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's output to what concerns the run (idempotent)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):
+            logger.addFilter(_NoAdvertisement())
+    # A fresh run into a folder with checkpoints gets vartok's own note (vartok.cli.train), and a resume expects
+    # them; Lightning's deprecation inside its own code and its note about no validation data (data.val_shards
+    # unset is a choice) are nothing the user can act on.
+    for message in (r"Checkpoint directory .* exists and is not empty",
+                    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                    r"Total length of `.*` across ranks is zero"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting training steps out of `trainer.max_steps` in a run bounded by
+    steps (max_epochs -1, vartok's configs): there it would read "Epoch 0/-2" and restart its count at every
+    epoch of the data. Otherwise it is Lightning's bar unchanged."""
+
+    def _by_steps(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_steps > 0 and trainer.max_epochs in (None, -1)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._by_steps() else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._by_steps():
+            return super()._get_train_description(current_epoch)
+        return f"{'Step':{len(self.validation_description)}}"  # padded as Lightning's, against flicker
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._by_steps() and self.train_progress_bar_id is not None:
+            self._update(self.train_progress_bar_id, trainer.global_step)  # a new epoch goes on counting
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._by_steps():
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # a resume inside an epoch
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()

@@ -4,6 +4,10 @@ At the end of `fit`, the EMA tokenizer is exported to `<run dir>/export/` and ev
 data (the first `report_images` images, or all) by every rank on its device, and rank 0 writes the report
 (report.json, rd.png, grid.png, a printed table) to `<run dir>/report/` (vartok.metrics.fit_report).
 The run dir is `trainer.default_root_dir`.
+
+Subcommands: `fit` and `validate`. Lightning's `test` and `predict`, and its `--optimizer` / `--lr_scheduler`
+arguments, are not offered: the module has no test or predict step, and builds its own optimizers and
+schedules from `model.optim`.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
 
+from vartok.cli.logs import StepProgressBar, quiet_lightning
 from vartok.data import ImageDataModule
 from vartok.tokenizers.length import pow2_lengths
+from vartok.training.checks import check_image_size
 from vartok.training.module import TokenizerModule
 
 # The EMA copy of the tokenizer (and any frozen loss network) stays in eval mode on purpose; Lightning warns
@@ -40,6 +49,19 @@ def export_and_report(trainer: Trainer, module: TokenizerModule, run_dir: Path, 
 
 
 class VartokCLI(LightningCLI):
+    """LightningCLI over TokenizerModule and ImageDataModule: `fit` and `validate` only, no optimizer or
+    scheduler arguments (see the module docstring), settings checked before any work."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        quiet_lightning()
+        kwargs.setdefault("auto_configure_optimizers", False)  # the module's optimizers come from model.optim
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """The subcommands that work with vartok's module (and the arguments each takes from the classes)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser) -> None:
         from typing import Literal
 
@@ -72,7 +94,12 @@ class VartokCLI(LightningCLI):
             root = trainer_config.get("default_root_dir") or "runs/default"
             kwargs["logger"] = [TensorBoardLogger(root, name="logs", version=""),
                                 ContinuingCSVLogger(root, name="logs", version="")]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        bar = trainer.progress_bar_callback
+        if type(bar) is RichProgressBar:
+            # Lightning's bar (the configs name it) with its settings kept, counting steps (vartok.cli.logs).
+            bar.__class__ = StepProgressBar
+        return trainer
 
     def before_fit(self) -> None:
         """Settings that cannot work stop here, before the data, the PCA or the first step."""
@@ -80,6 +107,19 @@ class VartokCLI(LightningCLI):
 
         check_accumulation(self.trainer)
         check_strategy(self.trainer)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        check_ckpt_path(ckpt_path)
+        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams["preset"])
+        if ckpt_path is None:
+            note_earlier_checkpoints(self.trainer)
+
+    def before_validate(self) -> None:
+        """The same checks for `validate`, which also needs validation data."""
+        check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
+        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams["preset"])
+        if self.datamodule.val_shards is None:
+            raise ValueError("validate needs validation data: set data.val_shards (shard paths, a brace "
+                             "pattern or a shard folder)")
 
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, self.config)
@@ -90,6 +130,53 @@ class VartokCLI(LightningCLI):
         run_dir = Path(self.trainer.default_root_dir)
         export_and_report(self.trainer, self.model, run_dir, list(config.get("report_metrics")),
                           config.get("report_images"))
+
+
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """One sentence for a --ckpt_path that is a folder or does not exist, before any work (Lightning's names
+    "last", "hpc", "best", "registry..." and remote URLs are left to it)."""
+    if ckpt_path is None or str(ckpt_path) in ("last", "hpc", "best") or str(ckpt_path).startswith("registry") \
+            or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path)
+    fix = "or --ckpt_path last to resume the latest run in trainer.default_root_dir"
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("logs/checkpoints/*.ckpt"))
+        example = ([f for f in found if f.name == "last.ckpt"] or found)[:1]
+        give = f"give a checkpoint file (e.g. --ckpt_path {example[0]})" if example else \
+            "it holds no .ckpt file; give a checkpoint file"
+        raise ValueError(f"--ckpt_path {path} is a folder, not a checkpoint file; {give}, {fix}")
+    if not path.exists():
+        raise ValueError(f"--ckpt_path {path} does not exist; give an existing .ckpt file, {fix}")
+
+
+def checkpoint_folders(trainer: Trainer) -> set[Path]:
+    """Where the trainer's ModelCheckpoint callbacks write (their dirpath, or Lightning's default under the
+    first logger: `<run dir>/logs/checkpoints` with vartok's loggers)."""
+    folders = set()
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        if callback.dirpath is not None:
+            folders.add(Path(callback.dirpath))
+        elif trainer.loggers:
+            logger = trainer.loggers[0]
+            version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+            folders.add(Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version / "checkpoints")
+        else:
+            folders.add(Path(trainer.default_root_dir) / "checkpoints")
+    return folders
+
+
+def note_earlier_checkpoints(trainer: Trainer) -> None:
+    """A fresh fit into a folder that holds an earlier run's checkpoints: say what happens, in one sentence."""
+    for folder in sorted(checkpoint_folders(trainer)):
+        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            rank_zero_info(f"note: {folder} holds checkpoints of an earlier run ({shown}); this run starts from "
+                           "step 0 and writes its own beside them (last-v1.ckpt, ...); to continue the earlier "
+                           "run instead, pass --ckpt_path last, or use another --trainer.default_root_dir")
 
 
 def main(args: list[str] | None = None) -> None:

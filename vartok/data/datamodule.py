@@ -25,7 +25,7 @@ import torch
 from vartok.data.demo import DEMO_SIZE, demo_shards
 from vartok.data.errors import DataError
 from vartok.data.loader import ImageLoader, check_positive, train_loader, val_loader
-from vartok.data.manifest import expand_shards
+from vartok.data.manifest import expand_shards, shard_counts
 from vartok.data.splitting import dist_info
 
 log = logging.getLogger("vartok.data")
@@ -104,13 +104,56 @@ class ImageDataModule(pl.LightningDataModule):
             demo_shards(self.demo_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Resolve the demo shards (building them if prepare_data did not run on this node).
+        """Resolve the demo shards (building them if prepare_data did not run on this node), and check the shards
+        a stage reads: an empty shard, or less data than one batch, is one sentence here, before any step.
 
         Lightning calls this before it restores a checkpoint, so a position left from an earlier fit is
         dropped here.
         """
         self._resume = None
         self._resolve_demo()
+        if stage in (None, "fit"):
+            self._check_epoch(self._counts("train"))
+        if stage in (None, "fit", "validate"):
+            self._counts("val")
+
+    def _counts(self, split: str) -> list[int] | None:
+        """Samples per shard of a split (None: no such shards, or remote ones without a manifest); refuses a shard
+        that holds none."""
+        urls = self._urls(split)
+        counts = shard_counts(urls) if urls else None
+        if counts is None:
+            return None
+        empty = [url for url, count in zip(urls, counts) if count == 0]
+        if empty:
+            names = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+            held, them = (f"the shard {names} holds", "it") if len(empty) == 1 else \
+                (f"{len(empty)} shards ({names}) hold", "them")
+            raise DataError(f"data.{split}_shards: {held} no samples (no tar member named <key>.<extension>); "
+                            f"remove {them} from the list, or rebuild {them} with `vartok-data make-shards`.")
+        return counts
+
+    def _check_epoch(self, counts: list[int] | None) -> None:
+        """An epoch of the training stream must hold at least one batch per rank."""
+        _, world_size = self._rank_world()
+        size, batch = self.epoch_size, self.batch_size
+        if size is None and counts is None:
+            return  # remote shards without a manifest: the loader asks for data.epoch_size
+        total = sum(counts) if counts is not None else 0
+        per_rank = size if size is not None else total // world_size
+        if per_rank >= batch:
+            return
+        if size is not None:
+            raise DataError(f"data.epoch_size={size} is smaller than data.batch_size={batch}; an epoch needs at "
+                            f"least one batch per rank, so set data.epoch_size to {batch} or more.")
+        ranks = f" over {world_size} ranks ({per_rank} each)" if world_size > 1 else ""
+        lower = f"lower data.batch_size to {per_rank} or less" if per_rank else "add training shards"
+        if not self.resampled:
+            raise DataError(f"data.resampled is false, so an epoch reads the {total} training samples once"
+                            f"{ranks}, fewer than data.batch_size={batch}; {lower}, or set data.resampled true "
+                            "(endless shards cut into epochs).")
+        raise DataError(f"the {total} training samples{ranks} make an epoch shorter than data.batch_size={batch}; "
+                        f"{lower}, or set data.epoch_size to {batch} or more.")
 
     def _resolve_demo(self) -> None:
         if self.uses_demo:
@@ -144,7 +187,7 @@ class ImageDataModule(pl.LightningDataModule):
             epoch_size=self.epoch_size, seed=self.seed, flip=self.flip, shuffle_buffer=self.shuffle_buffer,
             resampled=self.resampled, rank=rank, world_size=world_size, max_pixels=self.max_pixels,
             max_skip_fraction=self.max_skip_fraction, pin_memory=torch.cuda.is_available(),
-            epoch_fn=self._current_epoch)
+            epoch_fn=self._current_epoch, skip_setting="data.max_skip_fraction")
         if self._resume is not None:
             loader.resume_at(self._resume["epoch"], self._resume["consumed"])
         self._loaders["train"] = loader
@@ -208,7 +251,8 @@ class ImageDataModule(pl.LightningDataModule):
             return []
         rank, world_size = self._rank_world()
         loader = val_loader(urls, self.image_size, self.val_batch_size, self.num_workers, rank, world_size,
-                            self.max_pixels, self.max_skip_fraction, torch.cuda.is_available())
+                            self.max_pixels, self.max_skip_fraction, torch.cuda.is_available(),
+                            skip_setting="data.max_skip_fraction")
         self._loaders["val"] = loader
         return loader
 

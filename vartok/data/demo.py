@@ -3,7 +3,8 @@
 Thirteen photos give the training crops (random positions, log-uniform scales from native 32 px up to the
 whole photo, near-constant crops redrawn); four other photos are held out whole and only ever give validation
 crops. Crops are stored at exactly 32 px as RGB PNG in deterministic tar shards (same bytes on every build
-with the same Pillow), ``train/`` and ``val/`` each with a manifest. The build takes seconds; it is cached in
+with the same Pillow), ``train/`` and ``val/`` each with a manifest. The build takes about half a minute on 2
+cores (one progress line per photo on standard error); it is cached in
 ``$VARTOK_CACHE/demo`` (default ``~/.cache/vartok/demo``), written to a temporary folder and renamed, so an
 interrupted build never leaves a half cache.
 """
@@ -15,7 +16,10 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -127,17 +131,23 @@ def _photo_samples(job: tuple[str, int, int, int, dict]) -> list[tuple[str, byte
 
 
 def _write_split(folder: Path, split: str, photos: tuple[str, ...], total: int, per_shard: int,
-                 recipe: dict) -> dict:
-    """Crops of `photos` (equal shares, interleaved in a seeded order) as shards plus a manifest."""
+                 recipe: dict, report: Callable[[str, list, tuple[str, ...]], None]) -> dict:
+    """Crops of `photos` (equal shares, interleaved in a seeded order) as shards plus a manifest; `report` is
+    called after each photo's crops with (split, crops so far per photo, photos)."""
     folder.mkdir(parents=True)
     jobs = [(name, index, total // len(photos) + int(index < total % len(photos)), int(split == "val"), recipe)
             for index, name in enumerate(photos)]
     processes = min(len(jobs), os.cpu_count() or 1, 4)
+    per_photo = []
     if processes > 1 and total >= 2000:  # photos are independent: same bytes whatever the process count
         with get_context("fork").Pool(processes) as pool:
-            per_photo = pool.map(_photo_samples, jobs, chunksize=1)
+            for samples in pool.imap(_photo_samples, jobs, chunksize=1):  # in order, as they finish
+                per_photo.append(samples)
+                report(split, per_photo, photos)
     else:
-        per_photo = [_photo_samples(job) for job in jobs]
+        for job in jobs:
+            per_photo.append(_photo_samples(job))
+            report(split, per_photo, photos)
     samples = [sample for photo_samples in per_photo for sample in photo_samples]  # (key, png bytes)
     order = epoch_rng(recipe["seed"], 0, 0xDE30, 99, int(split == "val")).permutation(len(samples))
     shards: list[dict] = []
@@ -152,13 +162,28 @@ def _write_split(folder: Path, split: str, photos: tuple[str, ...], total: int, 
     return manifest
 
 
-def build_demo(output: str | os.PathLike, num_train: int | None = None, num_val: int | None = None) -> dict:
+class _BuildLines:
+    """Progress lines of a demo build on standard error (also in a log file): one per finished photo."""
+
+    def __init__(self, show: bool) -> None:
+        self.show, self.start = show, time.monotonic()
+
+    def __call__(self, split: str, per_photo: list, photos: tuple[str, ...]) -> None:
+        if self.show:
+            crops = sum(len(samples) for samples in per_photo)
+            print(f"vartok demo data: {split} photo {len(per_photo)} of {len(photos)} ({photos[len(per_photo) - 1]}), "
+                  f"{crops:,} {split} crops, {time.monotonic() - self.start:.1f} s", file=sys.stderr, flush=True)
+
+
+def build_demo(output: str | os.PathLike, num_train: int | None = None, num_val: int | None = None,
+               show: bool = True) -> dict:
     """Build the demo shards into `output` (which must not exist yet); return the demo description.
 
     Args:
         output: the folder to create.
         num_train: training crops (default RECIPE["num_train"]; smaller values for tests).
         num_val: validation crops (default RECIPE["num_val"]).
+        show: print a progress line per photo on standard error (the build takes a minute on 2 cores).
     """
     recipe = dict(RECIPE)
     recipe["num_train"] = recipe["num_train"] if num_train is None else int(num_train)
@@ -169,9 +194,14 @@ def build_demo(output: str | os.PathLike, num_train: int | None = None, num_val:
     hashes = _photo_hashes()
     out = Path(output)
     out.mkdir(parents=True)
+    report = _BuildLines(show)
+    if show:
+        print(f"vartok demo data: building {recipe['num_train']:,} training and {recipe['num_val']:,} validation "
+              f"crops of {len(TRAIN_PHOTOS) + len(VAL_PHOTOS)} scikit-image photos (once; cached afterwards)",
+              file=sys.stderr, flush=True)
     train = _write_split(out / "train", "train", TRAIN_PHOTOS, recipe["num_train"], recipe["train_per_shard"],
-                         recipe)
-    val = _write_split(out / "val", "val", VAL_PHOTOS, recipe["num_val"], recipe["val_per_shard"], recipe)
+                         recipe, report)
+    val = _write_split(out / "val", "val", VAL_PHOTOS, recipe["num_val"], recipe["val_per_shard"], recipe, report)
     info = {"fingerprint": _fingerprint(recipe, hashes), "recipe": recipe, "photos": hashes,
             "image_size": recipe["size"], "num_train": train["total_images"], "num_val": val["total_images"],
             "train_shards": [s["name"] for s in train["shards"]], "val_shards": [s["name"] for s in val["shards"]]}
@@ -198,13 +228,15 @@ def _valid_info(root: Path, fingerprint: str) -> dict | None:
 
 
 def demo_shards(cache_dir: str | os.PathLike | None = None, num_train: int | None = None,
-                num_val: int | None = None) -> dict:
+                num_val: int | None = None, show: bool = True) -> dict:
     """The demo shards, built on first use; safe when several processes ask at once.
 
     Args:
         cache_dir: the demo folder (default: see `demo_cache_dir`).
         num_train: training crops (default: the recipe's; changing it rebuilds).
         num_val: validation crops (default: the recipe's).
+        show: while building, print progress lines on standard error (the process that builds prints them:
+            under Lightning the data module's prepare_data, one process per node).
 
     Returns:
         {"train": [shard paths], "val": [shard paths], "num_train", "num_val", "image_size", "root"}.
@@ -220,8 +252,10 @@ def demo_shards(cache_dir: str | os.PathLike | None = None, num_train: int | Non
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
-        build_demo(staging / "demo", num_train, num_val)
+        build_demo(staging / "demo", num_train, num_val, show)
         _swap_in(staging / "demo", root, fingerprint)
+        if show:
+            print(f"vartok demo data: ready in {root}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     info = _valid_info(root, fingerprint)

@@ -29,14 +29,15 @@ class ImageLoader(DataLoader):
         max_skip_fraction: stop when a larger fraction of samples is unusable (None: never).
         pin_memory: pin batches for faster host-to-GPU copies.
         epoch_fn: returns the current epoch (e.g. the trainer's); without it each pass counts one epoch.
+        skip_setting: how the user sets max_skip_fraction, named when it stops (e.g. "--max-skip-fraction").
     """
 
     def __init__(self, dataset: TrainStream | ValStream, num_workers: int = 0, name: str = "data",
                  max_skip_fraction: float | None = None, pin_memory: bool = False,
-                 epoch_fn: Callable[[], int | None] | None = None) -> None:
+                 epoch_fn: Callable[[], int | None] | None = None, skip_setting: str = "max_skip_fraction") -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
-        self.counter = SkipCounter(name, max_skip_fraction)
+        self.counter = SkipCounter(name, max_skip_fraction, skip_setting)
         self.epoch_fn = epoch_fn
         self.passes = 0
         self.current_epoch: int | None = None  # the epoch of the latest pass (None before the first)
@@ -102,7 +103,8 @@ def train_loader(shards: str | list[str], image_size: int, batch_size: int, *, n
                  epoch_size: int | None = None, seed: int = 0, flip: bool = True, shuffle_buffer: int = 1000,
                  resampled: bool = True, rank: int | None = None, world_size: int | None = None,
                  max_pixels: int | None = None, max_skip_fraction: float | None = 0.01,
-                 pin_memory: bool = False, epoch_fn: Callable[[], int | None] | None = None) -> ImageLoader:
+                 pin_memory: bool = False, epoch_fn: Callable[[], int | None] | None = None,
+                 skip_setting: str = "max_skip_fraction") -> ImageLoader:
     """A training loader: per epoch `epoch_size // batch_size` batches on every rank (resampled), or one pass.
 
     Args:
@@ -121,6 +123,7 @@ def train_loader(shards: str | list[str], image_size: int, batch_size: int, *, n
         max_skip_fraction: stop when more than this fraction of samples is unusable.
         pin_memory: pin host memory.
         epoch_fn: returns the current epoch (the DataModule passes the trainer's).
+        skip_setting: how the user sets max_skip_fraction, named when it stops (e.g. "data.max_skip_fraction").
     """
     for name, value in (("image_size", image_size), ("batch_size", batch_size)):
         check_positive(name, value)
@@ -136,8 +139,8 @@ def train_loader(shards: str | list[str], image_size: int, batch_size: int, *, n
                             "needs at least one batch per rank.")
     stream = TrainStream(urls, image_size, batch_size, seed=seed, flip=flip, shuffle_buffer=shuffle_buffer,
                          resampled=resampled, batches_per_rank=batches, rank=rank, world_size=world_size,
-                         max_pixels=max_pixels, max_skip_fraction=max_skip_fraction)
-    return ImageLoader(stream, num_workers, "train", max_skip_fraction, pin_memory, epoch_fn)
+                         max_pixels=max_pixels, max_skip_fraction=max_skip_fraction, skip_setting=skip_setting)
+    return ImageLoader(stream, num_workers, "train", max_skip_fraction, pin_memory, epoch_fn, skip_setting)
 
 
 def _default_epoch_size(urls: list[str], world_size: int) -> int:
@@ -150,7 +153,8 @@ def _default_epoch_size(urls: list[str], world_size: int) -> int:
 
 def val_loader(shards: str | list[str], image_size: int, batch_size: int, num_workers: int = 0,
                rank: int | None = None, world_size: int | None = None, max_pixels: int | None = None,
-               max_skip_fraction: float | None = 0.01, pin_memory: bool = False) -> ImageLoader:
+               max_skip_fraction: float | None = 0.01, pin_memory: bool = False,
+               skip_setting: str = "max_skip_fraction") -> ImageLoader:
     """A validation loader: every image exactly once over all ranks and workers, the same number of full
     batches on every rank (padding samples have ``valid=False`` and key "").
 
@@ -164,6 +168,7 @@ def val_loader(shards: str | list[str], image_size: int, batch_size: int, num_wo
         max_pixels: decompression-bomb limit.
         max_skip_fraction: stop when more than this fraction of samples is unusable.
         pin_memory: pin host memory.
+        skip_setting: how the user sets max_skip_fraction, named when it stops (e.g. "--max-skip-fraction").
     """
     for name, value in (("image_size", image_size), ("batch_size", batch_size)):
         check_positive(name, value)
@@ -175,6 +180,6 @@ def val_loader(shards: str | list[str], image_size: int, batch_size: int, num_wo
         raise DataError(f"val_shards ({urls[0]}, ...) are remote and have no manifest, so they cannot be split "
                         "exactly over ranks; copy them locally or write a manifest with vartok-data make-shards.")
     plans = plan_validation(urls, counts, world_size, num_workers, batch_size)[rank]
-    stream = ValStream(plans, image_size, batch_size, max_pixels, max_skip_fraction)
-    return ImageLoader(stream, num_workers, "val", max_skip_fraction, pin_memory)
+    stream = ValStream(plans, image_size, batch_size, max_pixels, max_skip_fraction, skip_setting)
+    return ImageLoader(stream, num_workers, "val", max_skip_fraction, pin_memory, skip_setting=skip_setting)
 

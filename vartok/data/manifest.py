@@ -110,8 +110,18 @@ def shard_counts(urls: list[str]) -> list[int] | None:
             return None
         path = os.path.abspath(url)
         count = _manifest_counts(os.path.dirname(path), _mtime(path)).get(os.path.basename(path))
-        counts.append(count if count is not None else scan_tar_count(path))
+        if count is None:
+            stat = os.stat(path) if os.path.isfile(path) else None  # a missing file counts 0, as a damaged one
+            count = _scanned_count(path, stat.st_mtime_ns, stat.st_size) if stat else 0
+        counts.append(count)
     return counts
+
+
+@lru_cache(maxsize=65536)
+def _scanned_count(path: str, _mtime_key: int, _size_key: int) -> int:
+    # Cached while the file is unchanged: the data module checks the shards at setup, then the loaders count
+    # them again, and scanning a large shard without a manifest reads every member's header.
+    return scan_tar_count(path)
 
 
 def _mtime(path: str) -> float:

@@ -2,7 +2,9 @@
 
 Each good image is stored with its original bytes under the extension of its real format (``KEY.jpg``, plus
 ``KEY.cls`` with the class index when the input has classes); formats the loader does not read by extension
-are re-encoded as PNG. Broken files are left out and listed in ``manifest.json`` with their reason. A progress
+are re-encoded as PNG. Broken files are left out and listed in ``manifest.json`` with their reason, as are the
+hidden files of an input folder that are not read (``hidden``) and the tiny images that are kept (``tiny``:
+shorter side below TINY_SIDE pixels, so the loader will upscale them a lot). A progress
 state (``make-shards.state.json``) is rewritten after every finished shard, so an interrupted run resumes
 where it stopped; a finished folder is left alone; a folder made from other input is refused.
 """
@@ -26,6 +28,7 @@ from vartok.data.sources import Source, list_sources
 from vartok.data.tar_writer import ShardWriter
 
 STATE_NAME = "make-shards.state.json"
+TINY_SIDE = 32  # images whose shorter side is below this are kept but listed: icons, spacers, thumbnails
 REENCODED, MISSING_FILE, UNREADABLE = "reencoded", "missing_file", "unreadable"
 
 
@@ -37,7 +40,8 @@ def verify_file(path: str, max_pixels: int | None = None) -> dict:
         max_pixels: larger images are refused as ``too_large``.
 
     Returns:
-        dict with ``reason`` (None when good), ``detail``, ``notes``, and for good files ``ext`` and ``data``.
+        dict with ``reason`` (None when good), ``detail``, ``notes``, and for good files ``ext``, ``data`` and
+        ``size`` (width, height).
     """
     try:
         data = Path(path).read_bytes()
@@ -55,7 +59,8 @@ def verify_file(path: str, max_pixels: int | None = None) -> dict:
         buffer = io.BytesIO()
         decoded.image.save(buffer, format="PNG")
         data, stored_ext, notes = buffer.getvalue(), "png", notes + (REENCODED,)
-    return {"reason": None, "detail": "", "notes": notes, "ext": stored_ext, "data": data}
+    return {"reason": None, "detail": "", "notes": notes, "ext": stored_ext, "data": data,
+            "size": decoded.image.size}
 
 
 def _verify_star(args: tuple[str, int | None]) -> dict:
@@ -80,7 +85,8 @@ def make_shards(input_path: str, output: str, maxcount: int = 10_000, maxsize: i
             raise DataError(f"{name}={value!r} is not allowed; it must be a positive integer.")
     out = Path(output).expanduser()
     _refuse_foreign(out)
-    sources = list_sources(input_path)
+    hidden: list[dict] = []
+    sources = list_sources(input_path, hidden)
     settings = {"maxcount": maxcount, "maxsize": maxsize, "max_pixels": max_pixels}
     fingerprint = _fingerprint(sources, settings)
     state = _prepare_output(out, fingerprint)
@@ -88,7 +94,7 @@ def make_shards(input_path: str, output: str, maxcount: int = 10_000, maxsize: i
         return state["manifest"]
     classes = sorted({s.label for s in sources if s.label is not None}) or None
     run = _Run(out, sources, classes, settings, fingerprint, state)
-    run.input_path = str(input_path)
+    run.input_path, run.hidden = str(input_path), hidden
     run.write(workers, progress)
     return run.manifest
 
@@ -154,6 +160,8 @@ class _Run:
         self.shards: list[dict] = list(state.get("shards", []))
         self.bad: list[dict] = list(state.get("bad_files", []))
         self.converted: Counter[str] = Counter(state.get("converted", {}))
+        self.tiny: list[dict] = list(state.get("tiny", []))
+        self.hidden: list[dict] = []
         self.start = int(state.get("next_input", 0))
         self.position = self.start
         self.manifest: dict = {}
@@ -185,6 +193,8 @@ class _Run:
             self.bad.append({"path": source.name, "reason": result["reason"], "detail": result["detail"]})
             return
         self.converted.update(result["notes"])
+        if min(result["size"]) < TINY_SIDE:
+            self.tiny.append({"path": source.name, "size": list(result["size"])})
         members = {result["ext"]: result["data"]}
         if source.label is not None:
             members["cls"] = str(self.class_index[source.label]).encode()
@@ -195,7 +205,7 @@ class _Run:
         self.shards.append({"name": name, "count": count, "bytes": size})
         write_json_atomic(self.out / STATE_NAME, {
             "fingerprint": self.fingerprint, "next_input": self.position, "shards": self.shards,
-            "bad_files": self.bad, "converted": dict(self.converted)})
+            "bad_files": self.bad, "converted": dict(self.converted), "tiny": self.tiny})
 
     def _write_manifest(self) -> None:
         self.manifest = {
@@ -204,7 +214,7 @@ class _Run:
             "settings": self.settings, "total_images": sum(s["count"] for s in self.shards),
             "total_inputs": len(self.sources), "num_shards": len(self.shards), "shards": self.shards,
             "classes": self.classes, "skipped": dict(Counter(b["reason"] for b in self.bad)),
-            "converted": dict(self.converted), "bad_files": self.bad,
+            "converted": dict(self.converted), "bad_files": self.bad, "hidden": self.hidden, "tiny": self.tiny,
         }
         write_json_atomic(self.out / MANIFEST_NAME, self.manifest)
         (self.out / STATE_NAME).unlink(missing_ok=True)

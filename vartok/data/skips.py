@@ -24,11 +24,14 @@ class SkipCounter:
     Args:
         name: what is being read ("train", "val"), used in log lines and error messages.
         max_skip_fraction: stop with a `DataError` when skipped / seen exceeds this (None: never stop).
+        setting: how the user sets that limit, named in the error (e.g. "--max-skip-fraction" for vartok-eval).
     """
 
-    def __init__(self, name: str = "data", max_skip_fraction: float | None = None) -> None:
+    def __init__(self, name: str = "data", max_skip_fraction: float | None = None,
+                 setting: str = "max_skip_fraction") -> None:
         self.name = name
         self.max_skip_fraction = max_skip_fraction
+        self.setting = setting
         self.seen = 0
         self.skipped: Counter[str] = Counter()
         self.converted: Counter[str] = Counter()
@@ -87,5 +90,5 @@ class SkipCounter:
             reasons = ", ".join(f"{reason}={count}" for reason, count in self.skipped.most_common())
             raise DataError(
                 f"{self.name}: {self.num_skipped} of {self.seen} samples could not be used "
-                f"({fraction:.1%} > max_skip_fraction={self.max_skip_fraction}; reasons: {reasons}); "
-                "check the shards (vartok-data make-shards verifies images) or raise max_skip_fraction.")
+                f"({fraction:.1%} > {self.setting}={self.max_skip_fraction}; reasons: {reasons}); "
+                f"check the shards (vartok-data make-shards verifies images) or raise {self.setting}.")

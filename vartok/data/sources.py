@@ -2,6 +2,8 @@
 
 Folder: every non-hidden regular file (symlinks followed) below the folder, sorted by path. When every file
 sits in a subfolder, the top-level folder name is the class (ImageNet layout); otherwise there are no classes.
+Hidden files and folders (names starting with '.': .DS_Store, macOS ._* resource forks, .git) are not read;
+`list_sources` can report them with the reason.
 List file: one path per line, optionally followed by a TAB and a class name; relative paths are relative to the
 list file; blank lines and lines starting with '#' are ignored.
 """
@@ -37,15 +39,33 @@ class Source:
     label: str | None
 
 
-def list_sources(input_path: str | os.PathLike) -> list[Source]:
+def hidden_reason(name: str, folder: bool = False) -> str:
+    """Why a hidden file or folder (its name starts with '.') is not read, in a few words.
+
+    Args:
+        name: the file or folder name (no path).
+        folder: whether it is a folder.
+    """
+    if folder:
+        return "hidden folder"
+    if name == ".DS_Store":
+        return "macOS folder metadata"
+    if name.startswith("._"):
+        return "macOS resource fork (AppleDouble), not an image"
+    return "hidden file"
+
+
+def list_sources(input_path: str | os.PathLike, hidden: list[dict] | None = None) -> list[Source]:
     """All input files of a folder or list file, in a deterministic order with unique keys.
 
     Args:
         input_path: a folder of images (optionally one subfolder per class) or a text file listing images.
+        hidden: if given, receives {"path", "reason"} for each hidden file or folder of an input folder that is
+            not read (a hidden folder is one entry, its path ending in '/').
     """
     root = Path(input_path).expanduser()
     if root.is_dir():
-        entries = _walk(root)
+        entries = _walk(root, hidden if hidden is not None else [])
         if not entries:
             raise DataError(f"--input {input_path} holds no (non-hidden) files; point it at a folder of images.")
         labelled = all("/" in name for _, name in entries)
@@ -60,16 +80,24 @@ def list_sources(input_path: str | os.PathLike) -> list[Source]:
     return [Source(path, name, key, label) for (path, name, label), key in zip(pairs, keys)]
 
 
-def _walk(root: Path) -> list[tuple[str, str]]:
+def _walk(root: Path, hidden: list[dict]) -> list[tuple[str, str]]:
     entries = []
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+
     for folder, dirs, files in os.walk(root, followlinks=False):
+        hidden += [{"path": rel(os.path.join(folder, d)) + "/", "reason": hidden_reason(d, folder=True)}
+                   for d in sorted(dirs) if d.startswith(".")]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for file in sorted(files):
             path = os.path.join(folder, file)
-            if file.startswith(".") or not os.path.isfile(path):
-                continue
-            entries.append((path, os.path.relpath(path, root).replace(os.sep, "/")))
+            if file.startswith("."):
+                hidden.append({"path": rel(path), "reason": hidden_reason(file)})
+            elif os.path.isfile(path):
+                entries.append((path, rel(path)))
     entries.sort(key=lambda entry: entry[1])
+    hidden.sort(key=lambda entry: entry["path"])
     return entries
 
 

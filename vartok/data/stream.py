@@ -136,18 +136,19 @@ class TrainStream(IterableDataset):
         world_size: number of ranks.
         max_pixels: decompression-bomb limit.
         max_skip_fraction: stop when more samples than this fraction are unusable.
+        skip_setting: how the user sets max_skip_fraction, named when it stops.
     """
 
     def __init__(self, urls: list[str], image_size: int, batch_size: int, *, seed: int = 0, flip: bool = True,
                  shuffle_buffer: int = 1000, resampled: bool = True, batches_per_rank: int | None = None,
                  rank: int = 0, world_size: int = 1, max_pixels: int | None = None,
-                 max_skip_fraction: float | None = None) -> None:
+                 max_skip_fraction: float | None = None, skip_setting: str = "max_skip_fraction") -> None:
         if resampled and not batches_per_rank:
             raise ValueError("a resampled TrainStream needs batches_per_rank >= 1")
         self.urls, self.image_size, self.batch_size = list(urls), image_size, batch_size
         self.seed, self.flip, self.shuffle_buffer, self.resampled = seed, flip, shuffle_buffer, resampled
         self.batches_per_rank, self.rank, self.world_size = batches_per_rank, rank, world_size
-        self.max_pixels, self.max_skip_fraction = max_pixels, max_skip_fraction
+        self.max_pixels, self.max_skip_fraction, self.skip_setting = max_pixels, max_skip_fraction, skip_setting
         self.epoch = 0  # set by the loader before each pass
         self.skip_batches = 0  # batches of this epoch already trained on (a resume); set by the loader
 
@@ -165,7 +166,7 @@ class TrainStream(IterableDataset):
         # exact).
         worker = (worker + self.skip_batches) % workers
         slot, slots = self.rank * workers + worker, self.world_size * workers
-        counter = SkipCounter("train", self.max_skip_fraction)
+        counter = SkipCounter("train", self.max_skip_fraction, self.skip_setting)
         rng = epoch_rng(self.seed, self.epoch, 1, self.rank, worker)
         limit = None if self.batches_per_rank is None else share(self.batches_per_rank, worker, workers)
         drop = share(self.skip_batches, worker, workers)
@@ -226,12 +227,13 @@ class ValStream(IterableDataset):
         batch_size: samples per batch (every batch is full; padding samples have valid=False).
         max_pixels: decompression-bomb limit.
         max_skip_fraction: stop when more samples than this fraction are unusable.
+        skip_setting: how the user sets max_skip_fraction, named when it stops.
     """
 
     def __init__(self, plans: list[WorkerPlan], image_size: int, batch_size: int, max_pixels: int | None = None,
-                 max_skip_fraction: float | None = None) -> None:
+                 max_skip_fraction: float | None = None, skip_setting: str = "max_skip_fraction") -> None:
         self.plans, self.image_size, self.batch_size = list(plans), image_size, batch_size
-        self.max_pixels, self.max_skip_fraction = max_pixels, max_skip_fraction
+        self.max_pixels, self.max_skip_fraction, self.skip_setting = max_pixels, max_skip_fraction, skip_setting
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -239,7 +241,7 @@ class ValStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_info()
-        counter = SkipCounter("val", self.max_skip_fraction)
+        counter = SkipCounter("val", self.max_skip_fraction, self.skip_setting)
         yield from with_trailing_stats(self._batches(worker, workers, counter), counter)
 
     def _batches(self, worker: int, workers: int, counter: SkipCounter) -> Iterator[dict]:

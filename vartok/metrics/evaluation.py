@@ -2,10 +2,12 @@
 
 For each k: PSNR, SSIM, LPIPS (when available), rFID (when available), bytes per image and bpp, and the
 best JPEG / WebP / thumbnail at ≤ those bytes; over the set: codebook usage, perplexity and usage per token
-position; optionally pFID of perturbed codes and, for a target PSNR, the smallest k per image that reaches it.
+position; optionally pFID of perturbed codes and, for a target PSNR, the smallest k per image that reaches it
+and how many images do reach it at that k (choose_length answers N when no k does).
 Only samples with ``valid=True`` count, and every statistic is a torchmetrics state synced over ranks, so
 under torch.distributed each image counts exactly once. A metric that cannot run (missing weights) is absent
-from the numbers and listed under "unavailable".
+from the numbers and listed under "unavailable". The report's "provenance" names the weights files of the
+measuring networks (path, SHA-256, official or not, with a printed warning when not) and the plan's checkpoint.
 
 The tokenizer is used through a duck type: ``encode(images) -> obj.indices`` (B,N[,G]) int64,
 ``decode(indices, length=k) -> (B,3,H,W)`` in [0,1], ``num_tokens``, ``image_size``, ``bits_per_token``,
@@ -16,6 +18,7 @@ bits (as they would be saved) before every metric.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import Counter
 from typing import Any
@@ -29,14 +32,14 @@ from vartok.distributed import gather_objects, rank_world
 from vartok.metrics import fid as fid_lib
 from vartok.metrics.baselines import BaselineStats
 from vartok.metrics.codebook import CodebookStats
-from vartok.metrics.networks import build_networks
+from vartok.metrics.networks import build_networks, networks_provenance, provenance_warnings
 from vartok.metrics.pfid import perturb
 from vartok.metrics.plan import EvalPlan, ResolvedPlan
 from vartok.metrics.progress import progress
 from vartok.metrics.quality import QualityMeter
 from vartok.metrics.rate import bits_per_pixel, bytes_per_image
 from vartok.metrics.report import finish_report
-from vartok.pixels import to_uint8
+from vartok.pixels import psnr_per_image, to_uint8
 
 
 def _never() -> bool:
@@ -63,6 +66,7 @@ class Evaluation:
         self.baseline_quota = None if plan.baseline_images is None else -(-plan.baseline_images // self.world)
         self.images, self.padding = SumMetric().to(self.device), SumMetric().to(self.device)
         self.chosen: Counter[int] = Counter()  # target PSNR: images per chosen k
+        self.met = 0  # target PSNR: images whose chosen k reaches it
         self.grid_images = plan.grid_images if self.rank == 0 else 0
         self.grid: dict[str, list[Tensor]] = {}
         if self.fid is not None:
@@ -104,9 +108,22 @@ class Evaluation:
                 for k in self.pfid_lengths:
                     self.fid.update(f"pfid/{name}/{seed}/{k}", to_uint8(self.tok.decode(perturbed, length=k)))
         if self.plan.target_psnr is not None:
-            chosen = self.tok.choose_length(originals, target_psnr=self.plan.target_psnr)
-            self.chosen.update(int(k) for k in torch.as_tensor(getattr(chosen, "lengths", chosen)).reshape(-1))
+            self._choose(originals, images, indices)
         self._baselines(images)
+
+    def _choose(self, originals: Tensor, images: Tensor, indices: Tensor) -> None:
+        """Target PSNR: each image's chosen k, and whether the 8-bit reconstruction at that k reaches the target
+        (not when choose_length fell back to N), with the PSNR choose_length itself uses.
+
+        Args:
+            originals: float (b,3,H,W) in [0,1] on the evaluation device; images: the same as uint8 (b,3,H,W).
+            indices: their codes (b, N[, G]) from this batch's encoder pass.
+        """
+        chosen = self.tok.choose_length(originals, target_psnr=self.plan.target_psnr)
+        chosen = torch.as_tensor(getattr(chosen, "lengths", chosen)).reshape(-1)  # (b,)
+        self.chosen.update(int(k) for k in chosen)
+        recon = to_uint8(self.tok.decode(indices, length=chosen.to(indices.device)))
+        self.met += int((psnr_per_image(recon, images.to(recon.device)) >= self.plan.target_psnr).sum())
 
     def _codebook(self, indices: Tensor) -> CodebookStats:
         if self.codebook is None:
@@ -187,12 +204,14 @@ class Evaluation:
     def _target(self) -> dict:
         """Per-image smallest k reaching the target PSNR, over every rank's images: distribution, mean bytes."""
         counts: Counter[int] = Counter()
-        for part in gather_objects(dict(self.chosen), self.plan.distributed):
-            counts.update(part)
+        met = 0
+        for part in gather_objects({"chosen": dict(self.chosen), "met": self.met}, self.plan.distributed):
+            counts.update(part["chosen"])
+            met += part["met"]
         total = sum(counts.values())
         bits = float(self.tok.bits_per_token)
         mean_bytes = sum(n * bytes_per_image(k, bits) for k, n in counts.items()) / max(total, 1)
-        return {"target_psnr": self.plan.target_psnr, "images": total, "mean_bytes": mean_bytes,
+        return {"target_psnr": self.plan.target_psnr, "images": total, "met": met, "mean_bytes": mean_bytes,
                 "chosen_lengths": {str(k): counts[k] for k in sorted(counts)}}
 
 
@@ -221,6 +240,11 @@ def evaluate(tokenizer: Any, loader: Any, plan: EvalPlan | None = None,
     unavailable = resolved.unavailable
     networks = build_networks(resolved.metrics, plan.networks, unavailable)
     run = Evaluation(tokenizer, plan, resolved, networks)
+    provenance = {**(plan.provenance or {}), "networks": networks_provenance(networks)}
+    provenance["warnings"] = provenance_warnings(provenance)
+    if plan.show and run.rank == 0:
+        for warning in provenance["warnings"]:  # before the pass: the user may stop and fix the file
+            print(f"warning: {warning}", file=sys.stderr)
     cache = None
     if run.fid is not None:
         cache = fid_lib.open_reference_cache(run.fid, plan.fid_stats_dir, plan.data_id, int(tokenizer.image_size),
@@ -245,6 +269,7 @@ def evaluate(tokenizer: Any, loader: Any, plan: EvalPlan | None = None,
         if name in resolved.metrics and name not in unavailable and run.fid is not None and report["num_images"] < 2:
             unavailable[name] = f"FID needs at least 2 images, the set has {report['num_images']}"
     report["skipped"] = gather_skipped(loader, plan.distributed)
+    report["provenance"] = provenance
     if plan.subset is not None:
         report["subset"] = dict(plan.subset)
     return finish_report(report, tokenizer, unavailable, run.grid, out_dir, plan.show and run.rank == 0, run.rank)

@@ -11,8 +11,8 @@ from torch import nn
 
 from vartok.metrics.plan import FID_METRICS, Networks
 from vartok.nets.inception import build_inception
-from vartok.nets.lpips import LPIPS
-from vartok.nets.weights import WeightsNotFoundError
+from vartok.nets.lpips import LPIPS, LPIPS_HEADS
+from vartok.nets.weights import INCEPTION, VGG16, WeightsNotFoundError, describe_weights
 
 MISSING_WEIGHTS = ("error", "unavailable")
 Explain = Callable[[list[str], str], str]
@@ -57,3 +57,33 @@ def _build(metrics: list[str], explicit: object, missing: str, unavailable: dict
             raise WeightsNotFoundError(explain(metrics, str(err))) from None
         unavailable.update({metric: str(err) for metric in metrics})
         return None
+
+
+def networks_provenance(built: dict[str, nn.Module | None]) -> dict[str, dict]:
+    """The weights files of the networks an evaluation used: {"inception"|"lpips": {"path", "sha256", "official",
+    "warning"?}}; LPIPS also has "heads" (its linear heads' file, when not the VGG file itself). A network built
+    without a file (random weights, tests) has {"path": None}.
+
+    Args:
+        built: build_networks' result (a network is None when not used).
+    """
+    out: dict[str, dict] = {}
+    for name, spec in (("inception", INCEPTION), ("lpips", VGG16)):
+        net = built.get(name)
+        if net is None:
+            continue
+        path = getattr(net, "weights_path", None)
+        out[name] = describe_weights(path, spec) if path else {"path": None}
+        heads = getattr(net, "heads_path", None)
+        if name == "lpips" and heads and heads != path:
+            out[name]["heads"] = describe_weights(heads, LPIPS_HEADS)
+    return out
+
+
+def provenance_warnings(provenance: dict) -> list[str]:
+    """Every "warning" sentence in a provenance dict (networks_provenance's, nested entries included)."""
+    found = []
+    for value in provenance.values():
+        if isinstance(value, dict):
+            found += ([value["warning"]] if isinstance(value.get("warning"), str) else []) + provenance_warnings(value)
+    return found

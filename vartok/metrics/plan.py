@@ -82,6 +82,8 @@ class EvalPlan:
         False = this process's images only (syncing would wait for ranks that do not evaluate).
     subset: how the loader's images were chosen (vartok.metrics.subset), written as the report's "subset".
     unavailable: metric → reason it cannot run, known before the evaluation (written into the report).
+    provenance: where the evaluated tokenizer came from, e.g. {"checkpoint": {"path", "kind", "weights"}}; the
+        report's "provenance" is this plus "networks" (the measuring networks' weights files) and "warnings".
     """
 
     lengths: list[int] | None = None
@@ -101,6 +103,7 @@ class EvalPlan:
     distributed: bool = True
     subset: dict[str, Any] | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
 
     def resolve(self, num_tokens: int) -> ResolvedPlan:
         """The checked lengths, metrics and pFID lengths for a tokenizer of `num_tokens` tokens; metrics whose

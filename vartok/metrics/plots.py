@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -16,36 +17,63 @@ BASELINE_STYLE = {"jpeg": ("JPEG (Pillow)", "tab:orange", "s"), "webp": ("WebP (
                   "thumbnail": ("bicubic thumbnail", "tab:gray", "o")}
 
 
-def plot_rate_distortion(report: dict, path: str | os.PathLike) -> Path:
-    """PSNR and SSIM against bytes per image (log x): the tokenizer at each k and the codec curves.
+PANELS = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
+          "lpips": "LPIPS (lower is better)", "rfid": "rFID (lower is better)"}
+
+
+def measured_metrics(report: dict) -> list[str]:
+    """The metrics of PANELS with a finite value at some k: one panel each (never an empty axis)."""
+    rows = report["lengths"].values()
+    return [m for m in PANELS if any(isinstance(row.get(m), (int, float)) and math.isfinite(row[m]) for row in rows)]
+
+
+def rate_distortion_figure(report: dict) -> plt.Figure | None:
+    """One panel per measured metric against bytes per image (log x): the tokenizer at each k, and for PSNR and
+    SSIM the JPEG / WebP / thumbnail curves; None when no metric was measured.
 
     Args:
         report: the evaluation report (its "lengths" and "baselines").
-        path: the PNG to write.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    metrics = measured_metrics(report)
+    if not metrics:
+        return None
+    columns = min(len(metrics), 2)
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
     lengths = report["lengths"]
-    ks = list(lengths)
-    rates = [lengths[k]["bytes_per_image"] for k in ks]
-    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+    for ax, metric in zip(axes.flat, metrics):
         for codec, points in report.get("baselines", {}).items():
+            if metric not in ("psnr", "ssim"):
+                break  # the codecs are measured by PSNR and SSIM only
             name, color, marker = BASELINE_STYLE.get(codec, (codec, None, "."))
             points = sorted(points, key=lambda p: p["bytes"])
             ax.plot([p["bytes"] for p in points], [p[metric] for p in points], marker=marker, markersize=3,
                     color=color, label=name, alpha=0.8)
-        values = [lengths[k].get(metric) for k in ks]
-        if all(v is not None for v in values):
-            ax.plot(rates, values, marker="o", color="tab:blue", linewidth=2, label="vartok tokenizer")
-            for k, x, y in zip(ks, rates, values):
-                ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
-                            color="tab:blue")
+        ks = [k for k in lengths if isinstance(lengths[k].get(metric), (int, float)) and math.isfinite(lengths[k][metric])]
+        rates, values = [lengths[k]["bytes_per_image"] for k in ks], [lengths[k][metric] for k in ks]
+        ax.plot(rates, values, marker="o", color="tab:blue", linewidth=2, label="vartok tokenizer")
+        for k, x, y in zip(ks, rates, values):
+            ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image")
-        ax.set_ylabel(label)
+        ax.set_ylabel(PANELS[metric])
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        fig.delaxes(ax)  # an odd number of panels: no empty axis in the corner
     fig.suptitle(f"quality vs bytes — {report['num_images']} images, {report['image_size']} px")
-    return _save(fig, path)
+    return fig
+
+
+def plot_rate_distortion(report: dict, path: str | os.PathLike) -> Path | None:
+    """Write rd.png (see `rate_distortion_figure`); None, and no file, when no metric was measured.
+
+    Args:
+        report: the evaluation report.
+        path: the PNG to write.
+    """
+    fig = rate_distortion_figure(report)
+    return None if fig is None else _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:

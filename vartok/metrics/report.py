@@ -6,13 +6,18 @@ report.json::
      "lengths": {"<k>": {"tokens", "bytes_per_image", "bpp", "psnr", "ssim", "lpips"?, "rfid"?, "pfid"?,
                          "baselines": {"jpeg"|"webp"|"thumbnail": {"bytes", "psnr", "ssim"} | "infeasible"}}},
      "codebook": {...}, "baselines": {"jpeg": [...], "webp": [...], "thumbnail": [...]},
-     "target"? ({"target_psnr", "images", "mean_bytes", "chosen_lengths": {"<k>": images}}, with a target PSNR),
+     "target"? ({"target_psnr", "images", "met"? (images whose chosen k reaches the target), "mean_bytes",
+                 "chosen_lengths": {"<k>": images}}, with a target PSNR),
      "skipped": {reason: count}, "unavailable": {metric: reason}, "padding_samples",
      "baseline_images" (how many of the images the codecs were measured on),
      "subset"? (how the images were chosen: {"selection", "description", "limit", "samples", "available",
-                "ranks"}, see vartok.metrics.subset)}
+                "ranks"}, see vartok.metrics.subset),
+     "provenance"? (what was measured with what: {"checkpoint": {"path", "kind", "weights": "ema"|"raw"|...},
+                    "networks": {"inception"|"lpips": {"path", "sha256", "official", "warning"?}},
+                    "warnings": [...]})}
 
-Non-finite numbers are written as null.
+Non-finite numbers are written as null. The printed table explains each "—" under it (a codec that cannot make a
+file that small, a metric not requested, a metric that could not run and why).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
 from vartok.metrics.baselines import INFEASIBLE
+from vartok.metrics.rate import bytes_per_image
 
 KEY_ORDER = ("num_images", "subset", "image_size", "tokenizer", "lengths", "codebook", "baselines", "target",
              "skipped", "unavailable", "padding_samples", "baseline_images")
@@ -83,68 +90,175 @@ def finish_report(report: dict, tokenizer: Any, unavailable: dict[str, str], gri
     report = {key: report[key] for key in KEY_ORDER if key in report} | {
         k: v for k, v in report.items() if k not in KEY_ORDER
     }
+    written = []
     if out_dir is not None and rank == 0:
         from vartok.metrics.plots import plot_grid, plot_rate_distortion
 
         out = Path(out_dir)
-        write_report(report, out / "report.json")
-        plot_rate_distortion(report, out / "rd.png")
+        written.append(write_report(report, out / "report.json").name)
+        if plot_rate_distortion(report, out / "rd.png") is not None:
+            written.append("rd.png")
         if grid.get("original"):
-            plot_grid(grid, report, out / "grid.png")
+            written.append(plot_grid(grid, report, out / "grid.png").name)
     if show:
-        print_table(report, out_dir)
+        print_table(report, out_dir, written=written)
     return report
 
 
+DASH = "—"
+METRIC_COLUMNS = {"psnr": ("PSNR", 2), "ssim": ("SSIM", 3), "lpips": ("LPIPS", 3), "rfid": ("rFID", 2)}
+CODEC_COLUMNS = {"jpeg": "JPEG", "webp": "WebP", "thumbnail": "thumbnail"}
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _num(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if _finite_number(value) else DASH
 
 
-def _baseline_cell(entry: Any) -> Text:
+def _metric_columns(report: dict) -> dict[str, str]:
+    """Metric → why its cells are empty ("" when measured): PSNR and SSIM always get a column, LPIPS and rFID
+    when they were measured or asked for and unavailable."""
+    rows = list(report["lengths"].values())
+    unavailable = report.get("unavailable", {})
+    columns = {}
+    for metric in METRIC_COLUMNS:
+        measured = any(metric in row for row in rows)
+        if measured:
+            columns[metric] = ""
+        elif metric in unavailable:
+            columns[metric] = "unavailable (reason below the table)!"
+        elif metric in ("psnr", "ssim"):
+            columns[metric] = "not requested (not among the metrics asked for)!"
+    return columns
+
+
+INFEASIBLE_TEXT = "infeasible, no setting fits every image in these bytes"
+
+
+def _smallest_files(report: dict, columns: list[str]) -> str:
+    """" (smallest mean file: JPEG 651, WebP 80 bytes)": each codec's smallest mean file size over its settings."""
+    names = {name: codec for codec, name in CODEC_COLUMNS.items()}
+    sizes = [f"{'1×1 ' if name == 'thumbnail' else ''}{name} {min(p['bytes'] for p in points):.0f}"
+             for name in columns if (points := report.get("baselines", {}).get(names[name]))]
+    return f" (smallest mean file: {', '.join(sizes)} bytes)" if sizes else ""
+
+
+def _legend(report: dict, dashes: dict[tuple[str, str, str], list[str]]) -> list[str]:
+    """What each "—" (and "n/a") of the table means: one line per meaning and set of rows, naming the columns.
+
+    Args:
+        report: the report (for the codecs' smallest files).
+        dashes: (mark, column, meaning) → the k of the rows where the cell shows it; a meaning that ends in
+            "!" holds for the whole column (no k listed).
+    """
+    every = tuple(report["lengths"])
+    groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    for (mark, column, meaning), ks in dashes.items():
+        whole = meaning.endswith("!")
+        groups.setdefault((mark, meaning.rstrip("!"), () if whole else tuple(ks)), []).append(column)
+    lines = []
+    for (mark, meaning, ks), columns in groups.items():
+        where = ", ".join(columns) + (" (every k)" if ks == every and len(ks) > 1 else
+                                      f" (k = {', '.join(ks)})" if ks else "")
+        extra = _smallest_files(report, columns) if meaning == INFEASIBLE_TEXT else ""
+        lines.append(f"{mark} {where}: {meaning}{extra}")
+    return lines
+
+
+def _baseline_cell(entry: Any) -> tuple[Text, str]:
     if entry is None or entry == INFEASIBLE:
-        return Text("—", style="dim")
-    return Text(f"{entry['psnr']:.2f}")
+        return Text(DASH, style="dim"), INFEASIBLE_TEXT
+    return Text(f"{entry['psnr']:.2f}"), ""
 
 
-def _margin_cell(psnr: float | None, thumb: Any) -> Text:
-    if psnr is None or thumb is None or thumb == INFEASIBLE:
-        return Text("n/a", style="dim")
+def _margin_cell(psnr: float | None, thumb: Any) -> tuple[Text, str]:
+    if not isinstance(thumb, dict):
+        return Text("n/a", style="dim"), "no thumbnail fits in those bytes, nothing to compare with"
+    if not _finite_number(psnr):
+        return Text("n/a", style="dim"), "no tokenizer PSNR to compare with"
     margin = psnr - thumb["psnr"]
-    return Text(f"{margin:+.2f}", style="green" if margin > 0 else "red")
+    return Text(f"{margin:+.2f}", style="green" if margin > 0 else "red"), ""
 
 
-def results_table(report: dict) -> Table:
-    """A rich table: per k the rate, the tokenizer's quality, and the best baselines at ≤ its bytes."""
-    rows = report["lengths"]
-    first = next(iter(rows.values()), {})
-    extra = [m for m in ("lpips", "rfid") if m in first]
-    table = Table(title=f"vartok evaluation — {report['num_images']} images, {report['image_size']} px",
-                  caption="JPEG / WebP / thumbnail: best PSNR at ≤ the tokenizer's bytes per image "
-                          "(— : no setting fits); margin = tokenizer PSNR − thumbnail PSNR")
-    for name in ["tokens", "bytes", "bpp", "PSNR", "SSIM", *[m.upper() if m == "lpips" else "rFID" for m in extra],
-                 "JPEG", "WebP", "thumbnail", "margin"]:
+def _metric_cell(value: Any, metric: str, empty: str) -> tuple[Text, str]:
+    text = _num(value, METRIC_COLUMNS[metric][1])
+    return Text(text), (empty or "no finite value") if text == DASH else ""
+
+
+def results_table(report: dict) -> tuple[Table, list[str]]:
+    """A rich table: per k the rate, the tokenizer's quality, and the best baselines at ≤ its bytes; and the
+    lines to print under it: what the codec columns hold, and what each "—" (and "n/a") in it means."""
+    metrics = _metric_columns(report)
+    codecs = "baselines" in report
+    table = Table(title=f"vartok evaluation — {report['num_images']} images, {report['image_size']} px")
+    names = ["tokens", "bytes", "bpp", *[METRIC_COLUMNS[m][0] for m in metrics]]
+    names += [*CODEC_COLUMNS.values(), "margin"] if codecs else []
+    for name in names:
         table.add_column(name, justify="right", no_wrap=True)
-    for k, entry in rows.items():
-        base = entry.get("baselines", {})
-        thumb = base.get("thumbnail")
-        thumb_cell = _baseline_cell(thumb)
-        if isinstance(thumb, dict):
-            thumb_cell.append(f" ({thumb['width']}×{thumb['width']})", style="dim")
-        cells = [k, str(entry["bytes_per_image"]), _num(entry["bpp"], 3), _num(entry.get("psnr")),
-                 _num(entry.get("ssim"), 3), *[_num(entry.get(m), 3 if m == "lpips" else 2) for m in extra],
-                 _baseline_cell(base.get("jpeg")), _baseline_cell(base.get("webp")), thumb_cell,
-                 _margin_cell(entry.get("psnr"), thumb)]
-        table.add_row(*cells)
-    return table
+    dashes: dict[tuple[str, str, str], list[str]] = {}
+    for k, entry in report["lengths"].items():
+        cells = [(Text(str(k)), ""), (Text(str(entry["bytes_per_image"])), ""), (Text(_num(entry["bpp"], 3)), "")]
+        cells += [_metric_cell(entry.get(m), m, empty) for m, empty in metrics.items()]
+        if codecs:
+            base = entry.get("baselines", {})
+            cells += [_baseline_cell(base.get(codec)) for codec in CODEC_COLUMNS]
+            thumb = base.get("thumbnail")
+            if isinstance(thumb, dict):
+                cells[-1][0].append(f" ({thumb['width']}×{thumb['width']})", style="dim")
+            cells.append(_margin_cell(entry.get("psnr"), thumb))
+        for name, (cell, meaning) in zip(names, cells):
+            if meaning:
+                dashes.setdefault((cell.plain, name, meaning), []).append(str(k))
+        table.add_row(*[cell for cell, _ in cells])
+    codec_note = ("JPEG / WebP / thumbnail: best PSNR at ≤ the tokenizer's bytes per image; margin = tokenizer "
+                  "PSNR − thumbnail PSNR")
+    notes = [codec_note] if codecs else []
+    return table, notes + _legend(report, dashes)
 
 
-def print_table(report: dict, out_dir: str | os.PathLike | None = None, console: Console | None = None) -> None:
-    """Print the results table, the codebook usage, pFID, unavailable metrics and where the files are."""
+def target_lines(target: dict, report: dict) -> list[str]:
+    """The --target-psnr result in words: how many images met it (when the report says), the mean bytes
+    against all N tokens, and how many images each chosen k got."""
+    info = report.get("tokenizer") or {}
+    full, met, images = info.get("num_tokens"), target.get("met"), target["images"]
+    head = f"target PSNR {target['target_psnr']:g} dB (per image the smallest k that meets it"
+    if met is not None:
+        head += f"): met by {met} of {images} images"
+        if met < images and full:
+            head += f"; the other {images - met} miss it even with all {full} tokens"
+    else:
+        head += f"{f', else k = {full}' if full else ''}): {images} images"
+    rate = f"  mean {target['mean_bytes']:.1f} bytes per image"
+    if full and info.get("bits_per_token"):
+        rate += f" (all {full} tokens: {bytes_per_image(int(full), float(info['bits_per_token']))})"
+    chosen = ", ".join(f"k={k}: {n}" for k, n in target["chosen_lengths"].items())
+    return [head, f"{rate}; images per chosen k: {chosen}"]
+
+
+def print_table(report: dict, out_dir: str | os.PathLike | None = None, console: Console | None = None,
+                written: list[str] | None = None) -> None:
+    """Print the results table and what its "—" mean, the codebook usage, pFID, the target PSNR result,
+    unavailable metrics and which files were written.
+
+    Args:
+        report: the evaluation report.
+        out_dir: where the files were written (None: no files).
+        console: where to print (default: standard output).
+        written: the files written into `out_dir` (default: report.json, rd.png, grid.png).
+    """
     if console is None:
         console = Console()
         if not console.is_terminal:  # logs and pipes: wide enough for every column
             console = Console(width=max(console.width, 132))
-    console.print(results_table(report))
+    table, legend = results_table(report)
+    console.print(table)
+    for line in legend:
+        console.print(line, markup=False, highlight=False)
+    if "baselines" not in report:
+        console.print("codec baselines: not measured (switched off)")
     subset = report.get("subset") or {}
     bounded = subset.get("available") is None or subset.get("samples") != subset.get("available")
     if subset.get("limit") is not None and bounded:
@@ -161,12 +275,11 @@ def print_table(report: dict, out_dir: str | os.PathLike | None = None, console:
     for k, entry in report["lengths"].items():
         for name, pfid in entry.get("pfid", {}).items():
             console.print(f"pFID {name} at k={k}: {pfid['mean']:.3f} (rFID {_num(entry.get('rfid'), 3)})")
-    target = report.get("target")
-    if target:
-        chosen = ", ".join(f"k={k}: {n}" for k, n in target["chosen_lengths"].items())
-        console.print(f"target PSNR {target['target_psnr']:g} dB: {target['images']} images, mean "
-                      f"{target['mean_bytes']:.1f} bytes per image (images per chosen k: {chosen})")
+    for line in target_lines(report["target"], report) if report.get("target") else []:
+        console.print(line, markup=False, highlight=False)
     for name, reason in report.get("unavailable", {}).items():
-        console.print(f"[yellow]{name} unavailable:[/yellow] {reason}")
+        console.print(f"[yellow]{name} unavailable:[/yellow] {escape(str(reason))}")
     if out_dir is not None:
-        console.print(f"wrote {Path(out_dir) / 'report.json'}, rd.png, grid.png")
+        names = ["report.json", "rd.png", "grid.png"] if written is None else written
+        if names:
+            console.print(f"wrote {Path(out_dir) / names[0]}" + "".join(f", {n}" for n in names[1:]))

@@ -13,8 +13,10 @@ in separate calls and per-rank batches are small, so batch statistics would leak
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,14 +103,56 @@ def frozen(module: nn.Module) -> Iterator[None]:
             param.requires_grad_(state)
 
 
-def build_discriminator(overrides: dict[str, Any] | None, image_size: int) -> PatchDiscriminator:
-    """PatchDiscriminator(**overrides), with one clear error for an unknown argument or a too-small image."""
-    overrides = dict(overrides or {})
-    allowed = list(inspect.signature(PatchDiscriminator).parameters)
-    unknown = sorted(set(overrides) - set(allowed))
+def _args_class() -> type:
+    """`DiscriminatorArgs`: PatchDiscriminator's constructor arguments with their defaults, as a dataclass.
+
+    Built from the constructor's signature, so the two cannot drift apart; typed, so that the training
+    command line lists the arguments (`vartok-train fit --help`) and refuses an unknown one.
+    """
+    hints = typing.get_type_hints(PatchDiscriminator.__init__)
+    parameters = list(inspect.signature(PatchDiscriminator).parameters.values())
+    fields = [(p.name, hints[p.name], dataclasses.field(default=p.default)) for p in parameters]
+    args = dataclasses.make_dataclass("DiscriminatorArgs", fields)
+    args.__module__ = __name__
+    args.__doc__ = ("The PatchDiscriminator's arguments (built when model.loss.gan > 0).\n\n    Args:"
+                    + PatchDiscriminator.__doc__.split("Args:", 1)[1])
+    return args
+
+
+DiscriminatorArgs = _args_class()
+
+
+def discriminator_args(value: DiscriminatorArgs | Mapping[str, Any] | None) -> DiscriminatorArgs:
+    """A `DiscriminatorArgs` from itself, a dict of some of its arguments (from Python) or None (the defaults).
+
+    Args:
+        value: a DiscriminatorArgs, a mapping of argument names to values, or None.
+
+    Raises:
+        ValueError: a key that is not an argument of PatchDiscriminator.
+        TypeError: a value that is neither.
+    """
+    if value is None:
+        return DiscriminatorArgs()
+    if isinstance(value, DiscriminatorArgs):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"model.discriminator must be a DiscriminatorArgs or a dict of its arguments, got "
+                        f"{type(value).__name__}")
+    allowed = [f.name for f in dataclasses.fields(DiscriminatorArgs)]
+    unknown = sorted(set(value) - set(allowed))
     if unknown:
-        names = ", ".join(allowed)
-        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {names}")
-    discriminator = PatchDiscriminator(**overrides)
+        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {', '.join(allowed)}")
+    return DiscriminatorArgs(**value)
+
+
+def build_discriminator(args: DiscriminatorArgs | Mapping[str, Any] | None, image_size: int) -> PatchDiscriminator:
+    """A PatchDiscriminator, with one clear error for an unknown argument or a too-small image.
+
+    Args:
+        args: a DiscriminatorArgs, a dict of some of its arguments, or None (the defaults).
+        image_size: side of the square images it judges.
+    """
+    discriminator = PatchDiscriminator(**dataclasses.asdict(discriminator_args(args)))
     discriminator.check_image_size(image_size)
     return discriminator

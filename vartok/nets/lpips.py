@@ -41,6 +41,7 @@ LPIPS_HEADS = WeightsSpec(
     filename="vgg.pth",
     url="",
     flag="--lpips-heads",
+    sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
 )
 # torchvision vgg16.features index → the lpips slice that holds it (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3)
 _SLICE_ENDS = (4, 9, 16, 23, 30)
@@ -106,6 +107,9 @@ class LPIPS(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        # The files the weights came from (None: random weights), for the report's provenance.
+        self.weights_path: str | None = None
+        self.heads_path: str | None = None
         with torch.random.fork_rng(devices=[]), _vgg_features_only():
             torch.manual_seed(seed)
             self.net = lpips.LPIPS(pretrained=False, net="vgg", pnet_rand=True, verbose=False)
@@ -141,6 +145,7 @@ class LPIPS(nn.Module):
         expected = {k: v for k, v in self.net.state_dict().items() if k.startswith("lin") and "lins." not in k}
         check_state_dict_shapes(heads, expected, heads_path, LPIPS_HEADS)
         self.net.load_state_dict(heads, strict=False)
+        self.weights_path, self.heads_path = str(path), str(heads_path)
 
     def train(self, mode: bool = True) -> LPIPS:
         """Stays in eval mode whatever is asked (a frozen measuring network)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +33,14 @@ class WeightsFileError(ValueError):
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """One pretrained weights file: its canonical file name, where it is published and the user's flag."""
+    """One pretrained weights file: its canonical file name, where it is published, the user's flag and the
+    SHA-256 of the published file ("" = the prefix in the file name, torch hub's convention: `-<hex>.pth`)."""
 
     what: str
     filename: str
     url: str
     flag: str
+    sha256: str = ""
 
 
 INCEPTION = WeightsSpec(
@@ -162,3 +165,32 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(chunk)
         _HASHES[key] = digest.hexdigest()
     return _HASHES[key]
+
+
+def describe_weights(path: str | os.PathLike, spec: WeightsSpec) -> dict:
+    """Which file a network was loaded from, for a report: its path, SHA-256 and whether it is the official file.
+
+    Args:
+        path: the weights file that was loaded.
+        spec: what it should be (its ``sha256`` is the official file's; "" = no official file to compare with).
+    Returns:
+        {"path", "sha256", "official": bool | None (None: nothing to compare with), and "warning" (one sentence)
+        when the file is not the official one}.
+    """
+    digest = file_sha256(path)
+    expected = spec.sha256 or official_prefix(spec.filename)
+    entry: dict = {"path": str(Path(path).resolve()), "sha256": digest,
+                   "official": digest.startswith(expected) if expected else None}
+    if entry["official"] is False:
+        entry["warning"] = (
+            f"{spec.what}: {path} is not the official {spec.filename} (SHA-256 {digest[:12]}…, expected one "
+            f"starting {expected[:12]}), so figures measured with it are not comparable with published ones; pass "
+            f"the official file with {spec.flag}."
+        )
+    return entry
+
+
+def official_prefix(filename: str) -> str:
+    """The SHA-256 prefix a published file name carries (`vgg16-397923af.pth` → "397923af"), "" if none."""
+    match = re.search(r"-([0-9a-f]{8,})\.", filename)
+    return match.group(1) if match else ""

@@ -82,12 +82,14 @@ def choose_length(
     Args:
         tokenizer: a `Tokenizer`, or any object with `encode(images).indices`, `decode(indices, length=(B,))`
             and `num_tokens`. Put in eval mode for the search, then restored.
-        images: (B, 3, H, W) float in [0, 1].
+        images: (B, 3, H, W) float in [0, 1]; a `Tokenizer`'s encode rejects other values (0-255, [-1, 1],
+            NaN or inf) and shapes with one clear error before any decoder pass.
         target_psnr: PSNR in dB that the 8-bit reconstruction must reach (>=), or
         target_lpips: LPIPS distance it must not exceed (<=), measured by
         lpips_fn: (recon, images) -> (B,) distances; required with target_lpips.
     Returns:
-        (B,) int64 on the device of `images`, each in [1, N]; N where no shorter length meets the target.
+        (B,) int64 on the device of `images`, each in [1, N]; N where no shorter length meets the target. No
+        autograd graph is built.
     """
     meets = _meets_target(target_psnr, target_lpips, lpips_fn)
     num_tokens = int(tokenizer.num_tokens)

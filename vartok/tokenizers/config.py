@@ -7,6 +7,8 @@ A preset is a few lines: `titok_s_128` = TiTok-S shape (width 512, depth 8 per s
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,21 +18,34 @@ from vartok.models.quantizers import QUANTIZERS
 
 @dataclass
 class TokenizerConfig:
-    """Args:
-    image_size, patch_size: square input images cut into (image_size / patch_size)^2 patches.
-    width, depth, heads: encoder ViT; decoder_* default to the encoder's.
-    num_tokens: N latent tokens.
-    quantizer, quantizer_args: a name of `vartok.models.quantizers.QUANTIZERS` and its keywords
-        (docs/definitions.md §1); missing keywords are filled with the constructor's defaults, so the config
-        (and an exported config.json) records the complete quantizer.
-    token_dim: latent width handed to the quantizer; None = the code width (no projection).
-    latent_attention: "full" or "prefix_causal" (docs/definitions.md §2).
-    decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
-        trained with tail drop or no policy, "mask_token" for nested dropout.
-    embed_std, linear_shortcut, shortcut_init, qk_norm, mlp_ratio, conv_channels (decoder pixel head):
-        see `vartok.models.vit`.
-    global_linear: a dense linear encoder/decoder beside the ViT, started at PCA of the first training
-        images (`vartok.models.linear_path`); small images only (the demo).
+    """The architecture of a Tokenizer (every field JSON-able; exported as config.json).
+
+    Args:
+        image_size: side of the square input images in pixels.
+        patch_size: side of the patches the images are cut into ((image_size / patch_size)^2 patches).
+        width: encoder ViT width.
+        depth: encoder ViT blocks.
+        heads: encoder attention heads.
+        num_tokens: N latent tokens.
+        quantizer: a name of `vartok.models.quantizers.QUANTIZERS` (docs/definitions.md §1).
+        quantizer_args: the quantizer's keywords; missing ones are filled with its constructor's defaults, so
+            the config (and an exported config.json) records the complete quantizer.
+        token_dim: latent width handed to the quantizer; None = the code width (no projection).
+        decoder_width: decoder ViT width; None = the encoder's.
+        decoder_depth: decoder ViT blocks; None = the encoder's.
+        decoder_heads: decoder attention heads; None = the encoder's.
+        latent_attention: "full" or "prefix_causal" (docs/definitions.md §2).
+        decode_fill: how tokens past k are hidden at decode time: "pad" (removed / key-padding) for models
+            trained with tail drop or no policy, "mask_token" for nested dropout.
+        mlp_ratio: hidden width of the ViT MLPs over their width.
+        qk_norm: normalise queries and keys in attention (`vartok.models.vit`).
+        embed_std: initial standard deviation of the position embeddings and latent tokens
+            (`vartok.models.vit`).
+        linear_shortcut: a linear patch path beside the ViT (`vartok.models.vit`).
+        shortcut_init: "random" or "pyramid" start of the linear shortcut (`vartok.models.vit`).
+        conv_channels: channels of the decoder's convolutional pixel head (0 = none).
+        global_linear: a dense linear encoder/decoder beside the ViT, started at PCA of the first training
+            images (`vartok.models.linear_path`); small images only (the demo).
     """
 
     image_size: int = 256
@@ -92,6 +107,49 @@ class TokenizerConfig:
         if unknown:
             raise ValueError(f"unknown tokenizer config fields {unknown}; allowed: {sorted(known)}")
         return cls(**values)
+
+
+def _overrides_class() -> type:
+    """`TokenizerOverrides`: TokenizerConfig's fields, each `X | None = None` (None = keep the preset's value).
+
+    Built from TokenizerConfig's own fields and types, so the two cannot drift apart; typed, so that the
+    training command line lists the fields (`vartok-train fit --help`) and refuses an unknown one.
+    """
+    hints = typing.get_type_hints(TokenizerConfig)
+    fields = [(f.name, hints[f.name] | None, field(default=None)) for f in dataclasses.fields(TokenizerConfig)]
+    overrides = dataclasses.make_dataclass("TokenizerOverrides", fields)
+    overrides.__module__ = __name__
+    args = TokenizerConfig.__doc__.split("Args:", 1)[1]
+    overrides.__doc__ = ("Overrides of a preset's TokenizerConfig fields: only the fields given (not None) replace "
+                         "the preset's values.\n\n    Args:" + args)
+    return overrides
+
+
+TokenizerOverrides = _overrides_class()
+
+
+def tokenizer_overrides(value: TokenizerOverrides | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fields a `TokenizerOverrides` (or a dict of the same keys, from Python) sets, as a plain dict.
+
+    Args:
+        value: a TokenizerOverrides (its None fields are left out), a mapping of field names to values, or None.
+
+    Raises:
+        ValueError: a key that is not a TokenizerConfig field.
+        TypeError: a value that is neither.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, TokenizerOverrides):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"model.tokenizer must be a TokenizerOverrides or a dict of TokenizerConfig fields, "
+                        f"got {type(value).__name__}")
+    allowed = [f.name for f in dataclasses.fields(TokenizerConfig)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(f"model.tokenizer has unknown fields {unknown}; allowed: {', '.join(allowed)}")
+    return dict(value)
 
 
 # ---------------------------------------------------------------- presets

@@ -214,7 +214,7 @@ def perturbed_codes(quantizer: Quantizer, codes: Tensor, indices: Tensor, replac
         w.r.t. `codes` is the identity everywhere (so the encoder is trained as with clean codes).
     """
     with no_autocast(codes.device):
-        new = quantizer.indices_to_codes(indices).detach().to(codes.dtype)  # (B, N, D)
+        new = quantizer.lookup_codes(indices).detach().to(codes.dtype)  # (B, N, D)
     token = replaced.any(-1).to(codes.device)[..., None]  # (B, N, 1)
     return torch.where(token, new + (codes - codes.detach()), codes)
 

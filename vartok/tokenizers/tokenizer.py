@@ -3,10 +3,13 @@
     tok = Tokenizer.from_preset("demo")
     enc = tok.encode(images)                 # images (B, 3, H, W) in [0, 1]
     recon = tok.decode(enc.indices, length=8)
+    recon = tok.decode(enc.indices[:, :8])   # the same: a stored prefix of k tokens decodes at length k
     out = tok(images)                        # differentiable training forward (straight-through)
 
-Images are in [0, 1] at the interface and in [-1, 1] inside the networks. Loading never imports
-Lightning and never unpickles: config.json + model.safetensors.
+Images are in [0, 1] at the interface and in [-1, 1] inside the networks. `encode`, `decode` and
+`choose_length` are inference: they build no autograd graph and check their inputs (one reduction each);
+`forward` is the training path. Loading never imports Lightning and never unpickles: config.json +
+model.safetensors.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.length import LengthPolicy, check_length
 
 CONFIG_FILE, WEIGHTS_FILE, FORMAT = "config.json", "model.safetensors", "vartok-tokenizer"
+OVERSHOOT = 0.1  # images at most this far outside [0, 1] are named as resampling overshoot, not a wrong scale
 
 
 class Encoded(NamedTuple):
     """Args:
     indices: int64 (B, N) or (B, N, G).
-    codes: (B, N, D) quantized latents (straight-through).
+    codes: (B, N, D) quantized latents (no autograd graph: `Tokenizer.forward` is the differentiable pass).
     latents: (B, N, D) encoder outputs before quantization.
     quantizer: the full QuantizerOutput (losses, stats).
     """
@@ -63,6 +67,55 @@ class TokenizerOutput(NamedTuple):
 
 #: A perturbation hook (docs/definitions.md §3): (codes, latents, quantizer output, step) -> decoder codes.
 Perturbation = Callable[[Tensor, Tensor, QuantizerOutput, int], Tensor]
+
+
+def image_layout_hint(images: Tensor, size: int) -> str:
+    """The likely fix for images of the wrong dtype or shape, as the end of an error sentence ('' if none)."""
+    shape = tuple(images.shape)
+    if images.dtype == torch.uint8:
+        return ": divide uint8 images by 255 (images.float() / 255)"
+    if not images.dtype.is_floating_point:
+        return f": convert {images.dtype} images to float in [0, 1]"
+    if shape == (3, size, size):
+        return ": one image needs a batch dimension, images[None]"
+    if images.dim() == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return ": the channels are last, use images.permute(0, 3, 1, 2)"
+    if images.dim() == 4 and shape[1] == 1:
+        return ": grayscale images need 3 channels, images.expand(-1, 3, -1, -1)"
+    if images.dim() == 4 and shape[1] == 4:
+        return ": drop the alpha channel, images[:, :3]"
+    if images.dim() == 4 and shape[1] == 3:
+        return f": resize or crop them to {size}x{size}, this tokenizer's image_size"
+    return ""
+
+
+def check_image_values(images: Tensor) -> None:
+    """One clear error unless every value of `images` is finite and in [0, 1] (one min/max reduction; the
+    non-finite count and the likely cause are computed on the error path only)."""
+    if not images.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(images))  # NaN in either when any value is NaN
+    if 0.0 <= low and high <= 1.0:
+        return
+    bad = ~torch.isfinite(images)
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"images must be finite floats in [0, 1], got {int(bad.sum())} non-finite values (NaN or inf), the "
+            f"first {float(images[where])} at {where}: check the loading or preprocessing that made them"
+        )
+    if low >= -OVERSHOOT and high <= 1.0 + OVERSHOOT:
+        cause = "they are slightly outside, as after a resize that overshoots: clamp(0, 1) them"
+    elif low >= 0.0:
+        cause = "they look like 0-255 values stored as floats" if high <= 255.0 else "scale them to [0, 1]"
+    elif high <= 1.0:
+        cause = "they look like [-1, 1] images, use (images + 1) / 2"
+    else:
+        cause = "they look normalised with a mean and std, undo that normalisation"
+    raise ValueError(
+        f"images must be float in [0, 1] (divide uint8 images by 255), got values in [{low:.4g}, {high:.4g}]: "
+        f"{cause}"
+    )
 
 
 class Tokenizer(nn.Module):
@@ -133,16 +186,36 @@ class Tokenizer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ inference
-    def _check_images(self, images: Tensor) -> None:
+    def _check_images(self, images: Tensor, values: bool = True) -> None:
+        """One clear error for images that are not float (B, 3, H, W) in [0, 1]; `values` adds the range and
+        finiteness check (one reduction; the training forward skips it: its data are converted from uint8)."""
         size = self.image_size
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a float torch.Tensor (B, 3, {size}, {size}) in [0, 1], got "
+                            f"{type(images).__name__}: convert it with torch.as_tensor")
         if images.dim() != 4 or images.shape[1:] != (3, size, size) or not images.dtype.is_floating_point:
             raise ValueError(
                 f"images must be float (B, 3, {size}, {size}) in [0, 1], got {images.dtype} {tuple(images.shape)}"
+                f"{image_layout_hint(images, size)}"
             )
+        if values:
+            check_image_values(images)
 
+    @torch.no_grad()
     def encode(self, images: Tensor, mask: Tensor | None = None) -> Encoded:
-        """images (B, 3, H, W) in [0, 1] -> Encoded(indices, codes, latents, quantizer)."""
+        """Inference encoding, without an autograd graph (the differentiable pass is `forward`).
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1], H = W = image_size; a ValueError names what is wrong.
+            mask: optional (B, N) bool, True = real token (padded tokens take no part in the quantizer's stats).
+        Returns:
+            Encoded(indices (B, N[, G]) int64, codes, latents, quantizer).
+        """
         self._check_images(images)
+        return self._encode(images, mask)
+
+    def _encode(self, images: Tensor, mask: Tensor | None = None) -> Encoded:
+        """encode without the value check or the gradient switch: images already checked."""
         latents = self.encoder(images * 2 - 1)  # (B, N, D)
         out = self.quantizer(latents, mask)
         return Encoded(out.indices, out.codes, latents, out)
@@ -158,19 +231,49 @@ class Tokenizer(nn.Module):
             return self.decoder(codes, length.to(codes.device), fill="mask_token")
         return self.decoder(codes[:, : int(length.max())], length.to(codes.device), fill="pad")
 
+    @torch.no_grad()
     def decode(self, indices: Tensor, length: int | Tensor | None = None) -> Tensor:
-        """indices int64 (B, N[, G]) -> images (B, 3, H, W) in [0, 1] from the first `length` tokens.
+        """Images from the first `length` tokens, without an autograd graph.
 
-        `length`: None (all N), an int in [1, N], or a (B,) integer tensor of per-sample lengths.
+        Args:
+            indices: integer (B, k) or (B, k, G), 1 <= k <= N: all N tokens `encode` returned, or a stored
+                prefix of the first k (no padding needed). Each index in [0, codes per symbol - 1].
+            length: None (= k), an int in [1, k], or a (B,) integer tensor of per-sample lengths in [1, k].
+        Returns:
+            (B, 3, H, W) float in [0, 1]. A prefix of k decodes exactly as the full indices at length k.
         """
-        expected = (self.num_tokens, *self.quantizer.index_shape)
-        if indices.dim() != 1 + len(expected) or tuple(indices.shape[1:]) != expected:
-            raise ValueError(f"indices must be (B, {', '.join(map(str, expected))}), got {tuple(indices.shape)}")
-        if indices.dtype.is_floating_point:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        length = check_length(length, self.num_tokens, indices.shape[0])
-        codes = self.quantizer.indices_to_codes(indices.long())
+        self.quantizer.check_indices(indices)  # integer, trailing (G,), every value a code
+        tokens = self._prefix_tokens(indices)
+        length = self._decode_length(length, tokens, indices)
+        if tokens < self.num_tokens:  # positions >= k are never read (sliced off or masked); 0 is a valid code
+            tail = indices.new_zeros(indices.shape[0], self.num_tokens - tokens, *indices.shape[2:])
+            indices = torch.cat([indices, tail], 1)  # the full-length path, so a prefix decodes bit-exactly
+        codes = self.quantizer.lookup_codes(indices.long())
         return ((self._decode_codes(codes, length) + 1) / 2).clamp(0, 1)
+
+    def _prefix_tokens(self, indices: Tensor) -> int:
+        """k of indices (B, k[, G]), with one clear error unless 1 <= k <= N."""
+        n, trailing = self.num_tokens, self.quantizer.index_shape
+        layout = ", ".join(["B", "k", *map(str, trailing)])
+        if indices.dim() != 2 + len(trailing) or not 1 <= indices.shape[1] <= n:
+            raise ValueError(
+                f"indices must be ({layout}) with 1 <= k <= {n} tokens (all N = {n} that encode returned, or a "
+                f"stored prefix of the first k), got shape {tuple(indices.shape)}"
+            )
+        return int(indices.shape[1])
+
+    def _decode_length(self, length: int | Tensor | None, tokens: int, indices: Tensor) -> int | Tensor:
+        """The checked decode length: None = all `tokens` given; never more than the tokens given."""
+        if length is None:
+            return tokens
+        checked = check_length(length, self.num_tokens, indices.shape[0])
+        longest = checked if isinstance(checked, int) else int(checked.max()) if checked.numel() else 1
+        if longest > tokens:
+            raise ValueError(
+                f"length {longest} asks for more tokens than the {tokens} in indices {tuple(indices.shape)}: "
+                f"a prefix of k tokens decodes at length <= k (length=None is k), or pass more of the tokens"
+            )
+        return checked
 
     def choose_length(
         self,
@@ -202,8 +305,14 @@ class Tokenizer(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, images: Tensor, step: int = 0, generator: torch.Generator | None = None) -> TokenizerOutput:
-        """The differentiable training forward: encode, quantize (all N tokens), drop, decode."""
-        enc = self.encode(images)
+        """The differentiable training forward: encode, quantize (all N tokens), drop, decode.
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1]; the shape is checked, the values are not (no extra reduction
+                per training step: the training data are converted from uint8).
+        """
+        self._check_images(images, values=False)
+        enc = self._encode(images)
         codes = enc.codes
         if self.training and self.perturbation is not None:
             codes = self.perturbation(codes, enc.latents, enc.quantizer, step)

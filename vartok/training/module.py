@@ -22,23 +22,28 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from vartok.data.batch import parse_batch, to_unit
-from vartok.models.discriminator import build_discriminator
+from vartok.models.discriminator import DiscriminatorArgs, build_discriminator, discriminator_args
 from vartok.models.losses import LeCam
 from vartok.models.precision import no_autocast
 from vartok.models.quantizers.binary import NonFiniteError
 from vartok.pixels import psnr_per_image, to_uint8
-from vartok.tokenizers.config import TokenizerConfig, preset_config
+from vartok.tokenizers.config import TokenizerConfig, TokenizerOverrides, preset_config, tokenizer_overrides
 from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
 from vartok.tokenizers.randomness import keyed_seed, step_randomness
 from vartok.tokenizers.tokenizer import Tokenizer
 from vartok.training import optim
 from vartok.training.adversary import discriminator_terms
+from vartok.training.checks import check_architecture, check_image_size
 from vartok.training.ema import EMA
 from vartok.training.objective import Objective
 from vartok.training.pca_start import start_linear_path
 from vartok.training.settings import LossWeights, Optimization
 from vartok.training.strategy import check_ddp_with_discriminator, check_strategy
+
+# The defaults of the typed arguments (read, never mutated): no override of the preset, the discriminator's own.
+NO_OVERRIDES = TokenizerOverrides()
+DEFAULT_DISCRIMINATOR = DiscriminatorArgs()
 
 
 class TokenizerModule(pl.LightningModule):
@@ -46,13 +51,15 @@ class TokenizerModule(pl.LightningModule):
 
     Args:
         preset: a registered preset name (`vartok.tokenizers.PRESETS`).
-        tokenizer: overrides of the preset's TokenizerConfig fields (e.g. {num_tokens: 64}).
+        tokenizer: overrides of the preset's TokenizerConfig fields (e.g. {num_tokens: 64}): a TokenizerOverrides
+            (its fields left None keep the preset's values) or, from Python, a dict of some fields.
         length_policy: training-time token dropping (docs/definitions.md §2).
         loss: loss weights, in one place.
         optim: optimizer, schedule, accumulation, clipping and EMA settings.
         seed: seeds the per-step random draws (lengths, perturbation, library draws) with (seed, step, rank).
         val_lengths: token counts whose PSNR is logged at validation (None = 1, 2, 4, ..., N).
-        discriminator: PatchDiscriminator arguments (channels, num_layers, ...); built when loss.gan > 0.
+        discriminator: PatchDiscriminator arguments (channels, num_layers, ...): a DiscriminatorArgs or, from
+            Python, a dict of some of them; built when loss.gan > 0.
         lpips_weights: VGG16 weights file for the LPIPS loss (torchvision's vgg16-397923af.pth or a full LPIPS
             state dict); None = the torch hub cache. Resolved at the start of fit.
         lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only).
@@ -64,13 +71,13 @@ class TokenizerModule(pl.LightningModule):
     def __init__(
         self,
         preset: str = "demo",
-        tokenizer: dict[str, Any] | None = None,
+        tokenizer: TokenizerOverrides = NO_OVERRIDES,
         length_policy: LengthPolicy | None = None,
         loss: LossWeights | None = None,
         optim: Optimization | None = None,
         seed: int = 0,
         val_lengths: list[int] | None = None,
-        discriminator: dict[str, Any] | None = None,
+        discriminator: DiscriminatorArgs = DEFAULT_DISCRIMINATOR,
         lpips_weights: str | None = None,
         lpips_random_init: bool = False,
         perturbation: PerturbationConfig | None = None,
@@ -79,7 +86,8 @@ class TokenizerModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.length_policy = length_policy or LengthPolicy()
-        config = preset_config(preset, **(tokenizer or {}))
+        overrides, disc_args = tokenizer_overrides(tokenizer), discriminator_args(discriminator)
+        config = preset_config(preset, **overrides)
         if self.length_policy.mode == "nested_dropout":
             config.decode_fill = "mask_token"
         self.tokenizer_config: TokenizerConfig = config
@@ -104,13 +112,14 @@ class TokenizerModule(pl.LightningModule):
         self._resumed_grads: dict[str, Tensor] = {}  # partial sums of a checkpoint written inside an accumulation
         gan = self.loss_weights.gan > 0
         # Never part of self.tokenizer: so never in the EMA, the export or the tokenizer's parameter count.
-        self.discriminator = build_discriminator(discriminator, config.image_size) if gan else None
+        self.discriminator = build_discriminator(disc_args, config.image_size) if gan else None
         self.lecam = LeCam(self.loss_weights.lecam_decay) if gan and self.loss_weights.lecam > 0 else None
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
-            "preset": preset, "tokenizer": tokenizer, "length_policy": asdict(self.length_policy),
+            "preset": preset, "tokenizer": overrides, "length_policy": asdict(self.length_policy),
             "loss": asdict(self.loss_weights), "optim": asdict(self.optim), "seed": seed, "val_lengths": lengths,
-            "discriminator": discriminator, "lpips_weights": lpips_weights, "lpips_random_init": lpips_random_init,
+            "discriminator": asdict(disc_args), "lpips_weights": lpips_weights,
+            "lpips_random_init": lpips_random_init,
             "perturbation": asdict(perturbation) if perturbation is not None else None, "pca_images": pca_images,
         })
 
@@ -118,6 +127,8 @@ class TokenizerModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             check_strategy(self.trainer)  # before any work: the demo data, PCA, weights files
+        if self._trainer is not None and self.trainer.datamodule is not None:
+            check_image_size(self.trainer.datamodule, self.tokenizer_config, self.hparams["preset"])
         if self.tokenizer.perturbation is not None:
             self.tokenizer.perturbation.rank = self.global_rank
         configure = getattr(self.tokenizer.quantizer, "configure_world_size", None)
@@ -236,6 +247,11 @@ class TokenizerModule(pl.LightningModule):
         checkpoint["vartok"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = self.trainer.ckpt_path if self._trainer is not None else None
+        saved_discriminator = self.discriminator is not None and any(
+            k.startswith("discriminator.") for k in checkpoint.get("state_dict", {}))
+        check_architecture(checkpoint, path, self.tokenizer_config, self.hparams["discriminator"] if
+                           saved_discriminator else None)  # before Lightning loads its weights into this module
         state = checkpoint.get("vartok", {})
         self.step_count, self.micro_step = int(state.get("step_count", 0)), int(state.get("micro_step", 0))
         self._resumed_grads = state.get("partial_grads") or {}  # set at the first batch (Lightning zeroes before)
@@ -251,3 +267,4 @@ class TokenizerModule(pl.LightningModule):
         tokenizer = Tokenizer.from_config(self.tokenizer_config)
         tokenizer.load_state_dict(source.state_dict())
         return tokenizer.eval()
+

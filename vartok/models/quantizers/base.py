@@ -31,9 +31,10 @@ class QuantizerOutput(NamedTuple):
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses set `codebook_size` (python int) and implement `quantize`, `indices_to_codes`,
+    """Base class: subclasses set `codebook_size` (python int) and implement `quantize`, `lookup_codes`,
     the latent perturbation's three (`symbol_codes`, `symbol_latents`, `nearest_codes`, docs/definitions.md
-    §3) and the classmethod `code_width`. `forward` runs `quantize` in float32 with autocast disabled,
+    §3) and the classmethod `code_width`. `indices_to_codes` checks the indices once (`check_indices`, against
+    `symbol_codes` and `index_shape`) for every quantizer, then calls `lookup_codes`. `forward` runs `quantize` in float32 with autocast disabled,
     whatever the precision. The constructor's keyword defaults are the quantizer's defaults (`default_args`).
 
     A symbol is what the latent perturbation replaces: a token, or one group of a grouped token.
@@ -90,7 +91,7 @@ class Quantizer(nn.Module):
 
     @property
     def symbol_codes(self) -> int:
-        """Number of codes one symbol can take."""
+        """Number of codes one symbol can take: an index (of a token, or of one group) lies in [0, symbol_codes)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement symbol_codes (codes per symbol)")
 
     def symbol_latents(self, latents: Tensor) -> Tensor:
@@ -127,8 +128,67 @@ class Quantizer(nn.Module):
     def quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement quantize")
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not implement indices_to_codes")
+    # -- decoding indices -------------------------------------------------------------------------
+
+    @property
+    def symbol_codes_text(self) -> str:
+        """How `check_indices` writes the number of codes per symbol (binary quantizers say 2^k)."""
+        return str(self.symbol_codes)
+
+    def check_indices(self, indices: Tensor) -> None:
+        """The one check of indices to decode: an integer tensor (..., *index_shape) with values in
+        [0, symbol_codes - 1] (per group for grouped codes). One min/max reduction; a ValueError naming the
+        first bad value, its position, the range found and the range allowed otherwise.
+
+        Args:
+            indices: (B, N) or (B, N, G) integer indices, as `forward` returns them.
+        """
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"indices must be an integer torch.Tensor, got {type(indices).__name__}")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(
+                f"indices must be an integer tensor (int64, as encode returns them), got dtype {indices.dtype}; "
+                f"do not pass codes or normalised values"
+            )
+        trailing = self.index_shape
+        if indices.dim() < 1 + len(trailing) or tuple(indices.shape[indices.dim() - len(trailing) :]) != trailing:
+            raise ValueError(
+                f"indices must have trailing shape {trailing} (one index per group of this "
+                f"{self.registry_name or type(self).__name__} quantizer), got shape {tuple(indices.shape)}"
+            )
+        if not indices.numel():
+            return
+        low, high = (int(v) for v in torch.aminmax(indices))  # one reduction, one host sync
+        count = self.symbol_codes
+        if low >= 0 and high < count:
+            return
+        where = tuple(((indices < 0) | (indices >= count)).nonzero()[0].tolist())  # only on the error path
+        per = " per group" if trailing else ""
+        cause = (
+            "negative values are not codes (a prefix needs no padding: pass the first k tokens as they are)"
+            if low < 0 else "were they made by a tokenizer with more codes?"
+        )
+        raise ValueError(
+            f"indices must lie in [0, {self.symbol_codes_text}) = [0, {count - 1}]{per}, the codes per symbol of "
+            f"this {self.registry_name or type(self).__name__} quantizer, but index {int(indices[where])} is at "
+            f"position {where} (values found in [{low}, {high}]); {cause}"
+        )
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Checked decoding: `check_indices`, then `lookup_codes`.
+
+        Args:
+            indices: (..., *index_shape) integer indices in [0, symbol_codes - 1].
+        Returns:
+            (..., D) codes, exactly those `forward` returns for these indices.
+        """
+        self.check_indices(indices)
+        return self.lookup_codes(indices)
+
+    def lookup_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The codes of indices already checked by `check_indices` (no check here: out-of-range values wrap
+        or index past the codebook)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement lookup_codes")
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:

@@ -85,18 +85,6 @@ def indices_to_bits(indices: Tensor, k: int) -> Tensor:
     return (indices.to(torch.int64).unsqueeze(-1) >> shifts) & 1 == 1
 
 
-def check_indices(indices: Tensor, k: int, trailing: tuple[int, ...]) -> None:
-    """Raise a ValueError unless `indices` is an integer tensor (..., *trailing) with values in [0, 2^k)."""
-    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-        raise ValueError(f"indices must be an integer tensor, got dtype {indices.dtype}")
-    if tuple(indices.shape[indices.dim() - len(trailing) :]) != trailing:
-        raise ValueError(f"indices must have trailing shape {trailing}, got {tuple(indices.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= 2**k):
-        raise ValueError(
-            f"indices must lie in [0, 2^{k}) = [0, {2**k}), got values in [{int(indices.min())}, {int(indices.max())}]"
-        )
-
-
 # ------------------------------------------------------------------------------------------ entropy
 
 

@@ -50,7 +50,9 @@ class FSQQuantizer(Quantizer):
         indices = indices.long()
         return QuantizerOutput(codes, indices, {}, index_stats(indices.detach(), mask, self.codebook_size))
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
+    def lookup_codes(self, indices: Tensor) -> Tensor:
+        """(...) int64 in [0, prod(levels)), checked by `check_indices` (the library wraps any other value
+        silently) -> codes (..., D)."""
         return self.fsq.indices_to_codes(indices).float()
 
     @classmethod

@@ -18,7 +18,6 @@ from vartok.models.quantizers.binary import (
     bits_to_indices,
     check_finite,
     check_group_bits,
-    check_indices,
     entropy_terms,
     group_usage,
     indices_to_bits,
@@ -149,9 +148,9 @@ class GQQuantizer(Quantizer):
         """(B, N, G) group indices to the public index layout (lfq drops G)."""
         return indices
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """Exact inverse of `forward`'s indices: (..., G) int64 -> codes (..., D) as `forward` returns them."""
-        check_indices(indices, self.group_bits, (self.groups,))
+    def lookup_codes(self, indices: Tensor) -> Tensor:
+        """Exact inverse of `forward`'s indices: (..., G) int64 in [0, 2^k), checked by `check_indices`, ->
+        codes (..., D) as `forward` returns them."""
         bits = indices_to_bits(indices, self.group_bits)  # (..., G, k)
         code = self.bit_to_code(bits.flatten(-2))  # (..., K)
         return self.project_out(code)
@@ -171,6 +170,10 @@ class GQQuantizer(Quantizer):
     def symbol_codes(self) -> int:
         """2^k, k = bits/groups: a symbol is one group of a token."""
         return 2**self.group_bits
+
+    @property
+    def symbol_codes_text(self) -> str:
+        return f"2^{self.group_bits}"
 
     def symbol_latents(self, latents: Tensor) -> Tensor:
         """x = project_in(z), or for bsq its unit-sphere normalisation u: what the code is compared with.

@@ -47,6 +47,6 @@ class LFQQuantizer(GQQuantizer):
     def format_indices(self, indices: Tensor) -> Tensor:
         return indices.squeeze(-1)  # (B, N, 1) -> (B, N)
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
+    def lookup_codes(self, indices: Tensor) -> Tensor:
         """Exact inverse of `forward`'s indices: (...) int64 in [0, 2^bits) -> codes (..., D)."""
-        return super().indices_to_codes(indices.unsqueeze(-1))
+        return super().lookup_codes(indices.unsqueeze(-1))

@@ -105,7 +105,8 @@ class VQQuantizer(Quantizer):
                       "codebook": masked_mean((chosen - low.detach()) ** 2, mask)}
         return QuantizerOutput(codes, indices, losses, index_stats(indices.detach(), mask, self.codebook_size))
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
+    def lookup_codes(self, indices: Tensor) -> Tensor:
+        """(...) int64 in [0, K), checked by `check_indices` (-1 would be the last code) -> codes (..., D)."""
         return self.project_out(self.vq.get_output_from_indices(indices).float())
 
     @classmethod
