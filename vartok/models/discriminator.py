@@ -22,6 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from vartok.models.arguments import check_keys
+
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
@@ -139,10 +141,7 @@ def discriminator_args(value: DiscriminatorArgs | Mapping[str, Any] | None) -> D
     if not isinstance(value, Mapping):
         raise TypeError(f"model.discriminator must be a DiscriminatorArgs or a dict of its arguments, got "
                         f"{type(value).__name__}")
-    allowed = [f.name for f in dataclasses.fields(DiscriminatorArgs)]
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(f"model.discriminator has unknown arguments {unknown}; allowed: {', '.join(allowed)}")
+    check_keys(value, DiscriminatorArgs, "model.discriminator", "arguments")
     return DiscriminatorArgs(**value)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vartok.models.arguments import check_keys
 from vartok.models.linear_path import check_size
 from vartok.models.quantizers import QUANTIZERS
 
@@ -102,10 +103,7 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TokenizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer config fields {unknown}; allowed: {sorted(known)}")
+        check_keys(values, cls, "the tokenizer config")
         return cls(**values)
 
 
@@ -145,10 +143,7 @@ def tokenizer_overrides(value: TokenizerOverrides | Mapping[str, Any] | None) ->
     if not isinstance(value, Mapping):
         raise TypeError(f"model.tokenizer must be a TokenizerOverrides or a dict of TokenizerConfig fields, "
                         f"got {type(value).__name__}")
-    allowed = [f.name for f in dataclasses.fields(TokenizerConfig)]
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(f"model.tokenizer has unknown fields {unknown}; allowed: {', '.join(allowed)}")
+    check_keys(value, TokenizerConfig, "model.tokenizer")
     return dict(value)
 
 
