@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO, TypeVar
 
+from vartok.data.batch import parse_batch
+
 T = TypeVar("T")
 
 
@@ -83,12 +85,7 @@ class ProgressLines:
 
 def _valid_count(batch: Any) -> int:
     """The number of real (valid) images of an evaluation batch; 0 when the batch has no such fields."""
-    if isinstance(batch, dict):
-        if "valid" in batch:
-            return int(batch["valid"].sum())
-        if "image" in batch:
-            return len(batch["image"])
-    return 0
+    return int(parse_batch(batch).valid.sum()) if isinstance(batch, dict) and "image" in batch else 0
 
 
 def _length(items: Iterable[Any]) -> int | None:
