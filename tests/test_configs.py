@@ -31,6 +31,18 @@ def fake_shards(tmp_path: Path) -> list[str]:
     return [f"--data.train_shards={path}", f"--data.val_shards={path}"]
 
 
+def tiny_titok_export(tmp_path: Path) -> Path:
+    """A small single-stage TiTok-architecture export (what vartok-convert writes, at 32 px)."""
+    from vartok import Tokenizer
+    from vartok.tokenizers import TokenizerConfig
+
+    config = TokenizerConfig(architecture="titok", image_size=32, patch_size=8, width=32, depth=1, heads=2,
+                             num_tokens=8, quantizer="titok_vq", quantizer_args={"codebook_size": 128,
+                                                                                 "codebook_dim": 8},
+                             linear_shortcut=False)
+    return Tokenizer.from_config(config).save_pretrained(tmp_path / "titok_export")
+
+
 def test_there_are_configs():
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
     assert {"demo.yaml", "imagenet/titok_s128.yaml"} <= names
@@ -44,6 +56,9 @@ def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
     if "imagenet" in config.parts:
         args += fake_shards(tmp_path)
         args += ["--model.tokenizer", '{"depth": 1, "image_size": 32}', "--data.image_size", "32"]
+    if "finetune" in config.parts:  # a fine-tune takes its architecture from the export it starts from
+        args += fake_shards(tmp_path) + ["--model.init_from", str(tiny_titok_export(tmp_path)), "--data.image_size",
+                                         "32"]
     cli = VartokCLI(TokenizerModule, ImageDataModule, run=False, args=args, save_config_kwargs={"overwrite": True})
     assert isinstance(cli.model, TokenizerModule)
     assert isinstance(cli.datamodule, ImageDataModule)

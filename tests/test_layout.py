@@ -9,7 +9,7 @@ from pathlib import Path
 import vartok
 
 ROOT = Path(vartok.__file__).parent
-LAYERS = {"distributed": 0, "nets": 0, "pixels": 0, "data": 1, "models": 2, "tokenizers": 3, "metrics": 4, "training": 5,
+LAYERS = {"distributed": 0, "nets": 0, "pixels": 0, "data": 1, "models": 2, "tokenizers": 3, "metrics": 4, "convert": 4, "training": 5,
           "cli": 6}
 
 

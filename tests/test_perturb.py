@@ -33,6 +33,7 @@ SMALL = {
     "lfq": ("lfq", {"bits": 6}, 6),
     "bsq": ("bsq", {"bits": 6}, 6),
     "gq": ("gq", {"bits": 8, "groups": 2}, 8),
+    "titok_vq": ("titok_vq", {"codebook_size": 32, "codebook_dim": 6}, 6),  # on the sphere, as released
 }
 
 
@@ -57,6 +58,10 @@ def oracle_scores(name: str, quantizer, latents: torch.Tensor) -> torch.Tensor:
         if name == "vq":
             x = F.normalize(quantizer.project_in(z), dim=-1)
             return (x @ quantizer.vq.codebook.T)[:, :, None]
+        if name == "titok_vq":  # euclidean distance between unit vectors
+            book = F.normalize(quantizer.embedding.weight, dim=-1)
+            x = F.normalize(quantizer.project_in(z), dim=-1)
+            return -torch.cdist(x.reshape(-1, x.shape[-1]), book).reshape(*z.shape[:2], 1, -1)
         if name.startswith("fsq"):
             levels = torch.tensor(quantizer.levels)
             half_l = (levels - 1) * 1.001 / 2

@@ -96,7 +96,7 @@ def _init_linear(module: nn.Module) -> None:
 
 
 class Encoder(nn.Module):
-    """Writes an image into N ordered latent vectors.
+    """Writes an image (in [-1, 1]: `unit_pixels` False) into N ordered latent vectors.
 
     Args:
         image_size, patch_size: square images (B, 3, H, W) cut into P = (H / patch)^2 patches.
@@ -110,6 +110,8 @@ class Encoder(nn.Module):
         global_linear: add a dense linear map of the whole image to the latents (`vartok.models.linear_path`;
             small images only), zero until `Tokenizer.init_linear_path` sets it to PCA.
     """
+
+    unit_pixels = False  # images enter in [-1, 1]
 
     def __init__(
         self,
@@ -133,6 +135,7 @@ class Encoder(nn.Module):
         if latent_attention not in ("full", "prefix_causal"):
             raise ValueError(f"latent_attention must be 'full' or 'prefix_causal', got {latent_attention!r}")
         self.patch_size, self.num_tokens, self.latent_attention = patch_size, num_tokens, latent_attention
+        self.image_size = image_size
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Linear(3 * patch_size**2, width)
         self.pos_embed = nn.Parameter(torch.randn(num_patches, width) * embed_std)
@@ -195,6 +198,8 @@ class Decoder(nn.Module):
     gives per-sample lengths, and positions >= keep_len[b] are either excluded from attention
     (fill="pad", a key-padding mask) or replaced by one learned drop token (fill="mask_token").
     """
+
+    unit_pixels = False  # writes images in [-1, 1]
 
     def __init__(
         self,

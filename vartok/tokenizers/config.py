@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from vartok.models.arguments import check_keys
 from vartok.models.linear_path import check_size
+from vartok.models.pixel_decoder import PixelDecoderArgs
 from vartok.models.quantizers import QUANTIZERS
 
 
@@ -70,6 +71,10 @@ class TokenizerConfig:
     shortcut_init: Literal["random", "pyramid"] = "pyramid"
     conv_channels: int = 0
     global_linear: bool = False
+    architecture: Literal["vartok", "titok"] = "vartok"
+    titok_reshape: Literal["fixed", "legacy"] = "fixed"
+    titok_head: Literal["pixels", "proxy_codes"] = "pixels"
+    pixel_decoder: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
@@ -93,6 +98,35 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.token_dim must be >= 1, got {self.token_dim}")
         if self.global_linear:
             check_size(self.image_size, self.num_tokens, self.latent_dim)
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        """The architecture's own fields: one sentence per field that does not apply to it."""
+        if self.architecture not in ("vartok", "titok"):
+            raise ValueError(f"tokenizer.architecture must be 'vartok' or 'titok', got {self.architecture!r}")
+        if self.architecture == "vartok":
+            if self.pixel_decoder:
+                raise ValueError("tokenizer.pixel_decoder belongs to architecture 'titok' with titok_head "
+                                 "'proxy_codes'; remove it")
+            return
+        vartok_only = {"latent_attention": "full", "qk_norm": False, "linear_shortcut": False,
+                       "conv_channels": 0, "global_linear": False}
+        for name, neutral in vartok_only.items():
+            if getattr(self, name) != neutral:
+                raise ValueError(f"tokenizer.{name} is an option of architecture 'vartok'; architecture 'titok' "
+                                 f"needs {name}: {neutral!r}, got {getattr(self, name)!r}")
+        if self.titok_reshape not in ("fixed", "legacy") or self.titok_head not in ("pixels", "proxy_codes"):
+            raise ValueError(f"tokenizer.titok_reshape must be 'fixed' or 'legacy' and tokenizer.titok_head "
+                             f"'pixels' or 'proxy_codes', got {self.titok_reshape!r}, {self.titok_head!r}")
+        if self.titok_head == "proxy_codes":
+            check_keys(self.pixel_decoder, PixelDecoderArgs, "tokenizer.pixel_decoder")
+            args = PixelDecoderArgs(**self.pixel_decoder)
+            self.pixel_decoder = dataclasses.asdict(args)
+            if self.patch_size != args.upsampling:
+                raise ValueError(f"tokenizer.titok_head 'proxy_codes' needs patch_size = the pixel decoder's "
+                                 f"upsampling {args.upsampling}, got patch_size {self.patch_size}")
+        elif self.pixel_decoder:
+            raise ValueError("tokenizer.pixel_decoder belongs to titok_head 'proxy_codes'; remove it")
 
     @property
     def latent_dim(self) -> int:
@@ -173,6 +207,77 @@ for _size, (_width, _depth, _heads) in _TITOK_SHAPES.items():
             "image_size": 256, "patch_size": 16, "width": _width, "depth": _depth, "heads": _heads, "num_tokens": _tokens,
             "quantizer": "vq", "quantizer_args": {"codebook_size": 4096, "codebook_dim": 12},
         }
+
+
+# ---------------------------------------------------------------- TiTok-family released models
+TITOK_SIZES = {"small": _TITOK_SHAPES["s"], "base": _TITOK_SHAPES["b"], "large": _TITOK_SHAPES["l"]}
+
+
+def titok_fields(vq_model: Mapping[str, Any], crop_size: int) -> dict[str, Any]:
+    """The TokenizerConfig fields of a TiTok-family model, from its released configuration.
+
+    Args:
+        vq_model: the `model.vq_model` section of a released config.json or YAML (vit_enc_model_size,
+            vit_dec_model_size, vit_enc_patch_size, vit_dec_patch_size, num_latent_tokens, codebook_size,
+            token_size, use_l2_norm; finetune_decoder and is_legacy default to true, as in the released code).
+        crop_size: `dataset.preprocessing.crop_size`, the image size.
+    Raises:
+        KeyError: a required entry is missing (the caller names the file).
+        ValueError: a variant vartok does not load (VAE tokenizers, stage-1 models, mixed heads).
+    """
+    mode = vq_model.get("quantize_mode", "vq")
+    if mode != "vq":
+        raise ValueError(f"quantize_mode {mode!r} (a continuous TiTok) is not supported: vartok loads the VQ models")
+    two_stage, legacy = bool(vq_model.get("finetune_decoder", True)), bool(vq_model.get("is_legacy", True))
+    if two_stage != legacy:
+        raise ValueError(f"finetune_decoder {two_stage} with is_legacy {legacy} is not a released model: the "
+                         f"two-stage models are legacy, the single-stage ones are not (a stage-1 model outputs "
+                         f"proxy-code logits, not pixels)")
+    sizes = {}
+    for side in ("enc", "dec"):
+        name = vq_model[f"vit_{side}_model_size"]
+        if name not in TITOK_SIZES:
+            raise ValueError(f"vit_{side}_model_size {name!r} is unknown; allowed: {', '.join(TITOK_SIZES)}")
+        sizes[side] = TITOK_SIZES[name]
+    patch = vq_model["vit_enc_patch_size"]
+    if vq_model["vit_dec_patch_size"] != patch:
+        raise ValueError(f"vit_enc_patch_size {patch} differs from vit_dec_patch_size "
+                         f"{vq_model['vit_dec_patch_size']}: vartok's tokenizers use one patch size")
+    (width, depth, heads), (dec_width, dec_depth, dec_heads) = sizes["enc"], sizes["dec"]
+    return {
+        "architecture": "titok", "image_size": int(crop_size), "patch_size": int(patch),
+        "width": width, "depth": depth, "heads": heads,
+        "decoder_width": dec_width, "decoder_depth": dec_depth, "decoder_heads": dec_heads,
+        "num_tokens": int(vq_model["num_latent_tokens"]), "quantizer": "titok_vq",
+        "quantizer_args": {"codebook_size": int(vq_model["codebook_size"]), "codebook_dim": int(vq_model["token_size"]),
+                           "l2_norm": bool(vq_model["use_l2_norm"])},
+        "titok_reshape": "legacy" if legacy else "fixed", "titok_head": "proxy_codes" if two_stage else "pixels",
+        "linear_shortcut": False,
+    }
+
+
+def _released(enc: str, dec: str, tokens: int, two_stage: bool) -> dict[str, Any]:
+    """`model.vq_model` of a released 256-px model: two-stage = 4096 codes of 12 on the sphere; else 8192 of 64."""
+    codes, width, sphere = (4096, 12, True) if two_stage else (8192, 64, False)
+    return {"vit_enc_model_size": enc, "vit_dec_model_size": dec, "vit_enc_patch_size": 16, "vit_dec_patch_size": 16,
+            "num_latent_tokens": tokens, "codebook_size": codes, "token_size": width, "use_l2_norm": sphere,
+            "finetune_decoder": two_stage, "is_legacy": two_stage}
+
+
+#: The released TiTok-family tokenizers (docs/titok.md): name -> their `model.vq_model`, all at 256 px.
+RELEASED_TITOK: dict[str, dict[str, Any]] = {
+    "titok_l32": _released("large", "large", 32, True),
+    "titok_b64": _released("base", "base", 64, True),
+    "titok_s128": _released("small", "small", 128, True),
+    "titok_bl64_vq8k": _released("base", "large", 64, False),
+    "titok_bl128_vq8k": _released("base", "large", 128, False),
+    "titok_sl256_vq8k": _released("small", "large", 256, False),
+    "one_d_piece_s256": _released("small", "small", 256, True),
+    "one_d_piece_b256": _released("base", "base", 256, True),
+    "one_d_piece_l256": _released("large", "large", 256, True),
+}
+for _name, _vq_model in RELEASED_TITOK.items():
+    PRESETS[f"released_{_name}"] = titok_fields(_vq_model, 256)
 
 
 def preset_config(name: str, quantizer: str | None = None, **overrides: Any) -> TokenizerConfig:

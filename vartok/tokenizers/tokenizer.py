@@ -15,7 +15,6 @@ model.safetensors.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +26,8 @@ from torch import Tensor, nn
 
 from vartok.models.linear_path import PCA_SPREAD, pca_init
 from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
+from vartok.models.pixel_decoder import PixelDecoderArgs
+from vartok.models.titok import TiTokDecoder, TiTokEncoder
 from vartok.models.vit import Decoder, Encoder
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.length import LengthPolicy, check_length
@@ -131,9 +132,9 @@ class Tokenizer(nn.Module):
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: Encoder | TiTokEncoder,
         quantizer: Quantizer,
-        decoder: Decoder,
+        decoder: Decoder | TiTokDecoder,
         length_policy: LengthPolicy | None = None,
         config: TokenizerConfig | None = None,
     ) -> None:
@@ -150,13 +151,19 @@ class Tokenizer(nn.Module):
         c = config
         dim = c.latent_dim
         shared = {"image_size": c.image_size, "patch_size": c.patch_size, "num_tokens": c.num_tokens,
-                  "token_dim": dim, "mlp_ratio": c.mlp_ratio, "qk_norm": c.qk_norm, "embed_std": c.embed_std,
-                  "linear_shortcut": c.linear_shortcut, "shortcut_init": c.shortcut_init,
-                  "global_linear": c.global_linear}
-        encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention, **shared)
-        decoder = Decoder(width=c.decoder_width or c.width, depth=c.decoder_depth or c.depth,
-                          heads=c.decoder_heads or c.heads, conv_channels=c.conv_channels,
-                          drop_token=c.decode_fill == "mask_token", **shared)
+                  "token_dim": dim, "mlp_ratio": c.mlp_ratio}
+        decoder_shape = {"width": c.decoder_width or c.width, "depth": c.decoder_depth or c.depth,
+                         "heads": c.decoder_heads or c.heads, "drop_token": c.decode_fill == "mask_token"}
+        if c.architecture == "titok":
+            encoder = TiTokEncoder(width=c.width, depth=c.depth, heads=c.heads, reshape=c.titok_reshape, **shared)
+            pixel_args = PixelDecoderArgs(**c.pixel_decoder) if c.titok_head == "proxy_codes" else None
+            decoder = TiTokDecoder(head=c.titok_head, pixel_decoder=pixel_args, **decoder_shape, **shared)
+        else:
+            shared.update(qk_norm=c.qk_norm, embed_std=c.embed_std, linear_shortcut=c.linear_shortcut,
+                          shortcut_init=c.shortcut_init, global_linear=c.global_linear)
+            encoder = Encoder(width=c.width, depth=c.depth, heads=c.heads, latent_attention=c.latent_attention,
+                              **shared)
+            decoder = Decoder(conv_channels=c.conv_channels, **decoder_shape, **shared)
         quantizer = build_quantizer(c.quantizer, dim, **c.quantizer_args)
         return cls(encoder, quantizer, decoder, length_policy, config)
 
@@ -172,7 +179,7 @@ class Tokenizer(nn.Module):
 
     @property
     def image_size(self) -> int:
-        return self.encoder.patch_size * math.isqrt(self.encoder.pos_embed.shape[0])
+        return self.encoder.image_size
 
     @property
     def codebook_size(self) -> int:
@@ -216,12 +223,17 @@ class Tokenizer(nn.Module):
 
     def _encode(self, images: Tensor, mask: Tensor | None = None) -> Encoded:
         """encode without the value check or the gradient switch: images already checked."""
-        latents = self.encoder(images * 2 - 1)  # (B, N, D)
+        latents = self.encoder(images if self.encoder.unit_pixels else images * 2 - 1)  # (B, N, D)
         out = self.quantizer(latents, mask)
         return Encoded(out.indices, out.codes, latents, out)
 
+    def _unit(self, pixels: Tensor) -> Tensor:
+        """The decoder's output in [0, 1] scale (vartok's decoders write [-1, 1], TiTok's [0, 1])."""
+        return pixels if self.decoder.unit_pixels else (pixels + 1) / 2
+
     def _decode_codes(self, codes: Tensor, length: int | Tensor) -> Tensor:
-        """codes (B, N, D) -> images in [-1, 1] using the first `length` tokens (int or (B,))."""
+        """codes (B, N, D) -> the decoder's images (unclamped, its own scale) from the first `length` tokens
+        (int or (B,))."""
         if isinstance(length, int):
             if self.decode_fill == "mask_token" and length < codes.shape[1]:
                 keep = torch.full((codes.shape[0],), length, device=codes.device)
@@ -249,7 +261,7 @@ class Tokenizer(nn.Module):
             tail = indices.new_zeros(indices.shape[0], self.num_tokens - tokens, *indices.shape[2:])
             indices = torch.cat([indices, tail], 1)  # the full-length path, so a prefix decodes bit-exactly
         codes = self.quantizer.lookup_codes(indices.long())
-        return ((self._decode_codes(codes, length) + 1) / 2).clamp(0, 1)
+        return self._unit(self._decode_codes(codes, length)).clamp(0, 1)
 
     def _prefix_tokens(self, indices: Tensor) -> int:
         """k of indices (B, k[, G]), with one clear error unless 1 <= k <= N."""
@@ -321,16 +333,23 @@ class Tokenizer(nn.Module):
             draw = draw._replace(length=self.num_tokens, keep_len=None)
         decoder_codes = codes[:, : draw.length].to(codes.dtype)
         recon = self.decoder(decoder_codes, draw.keep_len, fill=draw.fill)
-        return TokenizerOutput((recon + 1) / 2, enc.quantizer, draw.keep_len, draw.length, decoder_codes)
+        return TokenizerOutput(self._unit(recon), enc.quantizer, draw.keep_len, draw.length, decoder_codes)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json + model.safetensors; `from_pretrained` reproduces encode/decode bit-exactly."""
+    def save_pretrained(self, directory: str | Path, source: dict[str, Any] | None = None) -> Path:
+        """Write config.json + model.safetensors; `from_pretrained` reproduces encode/decode bit-exactly.
+
+        Args:
+            directory: the export folder (created if needed).
+            source: where the weights came from (e.g. a converted checkpoint), recorded in config.json.
+        """
         if self.config is None:
             raise ValueError("save_pretrained needs a tokenizer built from a TokenizerConfig (from_config/from_preset)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "version": 1, "tokenizer": self.config.to_dict()}
+        if source is not None:
+            meta["source"] = source
         save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return directory

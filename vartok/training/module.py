@@ -27,7 +27,7 @@ from vartok.models.losses import LeCam
 from vartok.models.precision import no_autocast
 from vartok.models.quantizers.binary import NonFiniteError
 from vartok.pixels import psnr_per_image, to_uint8
-from vartok.tokenizers.config import TokenizerConfig, TokenizerOverrides, preset_config, tokenizer_overrides
+from vartok.tokenizers.config import TokenizerConfig, TokenizerOverrides, tokenizer_overrides
 from vartok.tokenizers.length import LengthPolicy, pow2_lengths
 from vartok.tokenizers.perturb import LatentPerturbation, PerturbationConfig
 from vartok.tokenizers.randomness import keyed_seed, step_randomness
@@ -36,6 +36,16 @@ from vartok.training import optim
 from vartok.training.adversary import discriminator_terms
 from vartok.training.checks import check_architecture, check_image_size
 from vartok.training.ema import EMA
+from vartok.training.init_from import (
+    check_freeze,
+    check_same_architecture,
+    freeze_parts,
+    hold_frozen_in_eval,
+    load_export_weights,
+    parameter_line,
+    read_export,
+    run_config,
+)
 from vartok.training.objective import Objective
 from vartok.training.pca_start import start_linear_path
 from vartok.training.settings import LossWeights, Optimization
@@ -50,9 +60,10 @@ class TokenizerModule(pl.LightningModule):
     """Trains a 1D tokenizer.
 
     Args:
-        preset: a registered preset name (`vartok.tokenizers.PRESETS`).
-        tokenizer: overrides of the preset's TokenizerConfig fields (e.g. {num_tokens: 64}): a TokenizerOverrides
-            (its fields left None keep the preset's values) or, from Python, a dict of some fields.
+        preset: a registered preset name (`vartok.tokenizers.PRESETS`), or None to take the architecture of the
+            `init_from` export.
+        tokenizer: overrides of the preset's (or the export's) TokenizerConfig fields (e.g. {num_tokens: 64}): a
+            TokenizerOverrides (its fields left None keep the preset's values) or, from Python, a dict of some fields.
         length_policy: training-time token dropping (docs/definitions.md §2).
         loss: loss weights, in one place.
         optim: optimizer, schedule, accumulation, clipping and EMA settings.
@@ -65,12 +76,18 @@ class TokenizerModule(pl.LightningModule):
         lpips_random_init: build LPIPS with random weights and load nothing (tests and smoke runs only).
         perturbation: latent perturbation of the decoder's codes (docs/definitions.md §3); None = off.
         pca_images: with tokenizer.global_linear, how many training images the PCA that starts the linear path
-            reads at the start of a fresh fit (at least N*D + 1; never on resume: the checkpoint has the weights).
+            reads at the start of a fresh fit (at least N*D + 1; never on resume: the checkpoint has the weights;
+            never with init_from: the export has them).
+        init_from: an export folder (config.json + model.safetensors) whose weights the tokenizer and its EMA
+            start from; with a preset, the run's architecture must be the export's (`training/init_from.py`). A
+            resume takes the checkpoint's weights, but reads the folder again, so it must stay in place.
+        freeze: parts of the tokenizer that do not train: among encoder, quantizer, decoder (a frozen quantizer
+            needs a frozen encoder); [encoder, quantizer] = decoder-only fine-tuning.
     """
 
     def __init__(
         self,
-        preset: str = "demo",
+        preset: str | None = "demo",
         tokenizer: TokenizerOverrides = NO_OVERRIDES,
         length_policy: LengthPolicy | None = None,
         loss: LossWeights | None = None,
@@ -82,16 +99,26 @@ class TokenizerModule(pl.LightningModule):
         lpips_random_init: bool = False,
         perturbation: PerturbationConfig | None = None,
         pca_images: int = 4096,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.length_policy = length_policy or LengthPolicy()
         overrides, disc_args = tokenizer_overrides(tokenizer), discriminator_args(discriminator)
-        config = preset_config(preset, **overrides)
+        self.frozen_parts = check_freeze(freeze)
+        self.init_from = None if init_from is None else str(init_from)
+        export = read_export(init_from) if init_from is not None else None
+        config = run_config(preset, overrides, export)
         if self.length_policy.mode == "nested_dropout":
             config.decode_fill = "mask_token"
+        if export is not None and preset is not None:
+            check_same_architecture(export.config, config, init_from)
         self.tokenizer_config: TokenizerConfig = config
         self.tokenizer = Tokenizer.from_config(config, self.length_policy)
+        if export is not None:  # before the EMA copy, so that it starts from the same weights
+            load_export_weights(self.tokenizer, export, init_from, overrides)
+        freeze_parts(self.tokenizer, self.frozen_parts)
         self.loss_weights, self.optim = loss or LossWeights(), optim or Optimization()
         self.ema = EMA(self.tokenizer, self.optim.ema_decay)
         # After the EMA copy, so that neither the EMA nor the export carries the hook.
@@ -121,6 +148,7 @@ class TokenizerModule(pl.LightningModule):
             "discriminator": asdict(disc_args), "lpips_weights": lpips_weights,
             "lpips_random_init": lpips_random_init,
             "perturbation": asdict(perturbation) if perturbation is not None else None, "pca_images": pca_images,
+            "init_from": self.init_from, "freeze": list(self.frozen_parts),
         })
 
     # ------------------------------------------------------------------ setup
@@ -135,6 +163,7 @@ class TokenizerModule(pl.LightningModule):
         if configure is not None and self.trainer is not None:
             configure(self.trainer.world_size)
             self.ema.module.quantizer.configure_world_size(self.trainer.world_size)
+        hold_frozen_in_eval(self.tokenizer, self.frozen_parts)  # a rebuilt quantizer starts in training mode
         if stage == "fit":
             self.objective.perceptual(self.device)  # missing VGG weights: one clear error now, not at step 1
 
@@ -142,12 +171,22 @@ class TokenizerModule(pl.LightningModule):
         # After any checkpoint is restored (Lightning restores after `setup`): step_count 0 means a fresh fit.
         if self.discriminator is not None:
             check_ddp_with_discriminator(self.trainer, self.loss_weights.gan_start_step)
-        if self.tokenizer_config.global_linear and self.step_count == 0:
+        if self.tokenizer_config.global_linear and self.step_count == 0 and self.init_from is None:
             start_linear_path(self, self.pca_images)
-        rank_zero_info(", ".join(f"{name}: {count:,} parameters" for name, count in self.parameter_counts().items()))
+        if self.init_from is not None and self.step_count == 0:
+            rank_zero_info(f"the tokenizer and its EMA start from the export {self.init_from}")
+        frozen = sum(p.numel() for p in self.tokenizer.parameters() if not p.requires_grad)
+        rank_zero_info(parameter_line(self.parameter_counts(), frozen, self.frozen_parts))
+
+    def train(self, mode: bool = True) -> TokenizerModule:
+        """Lightning's (or a caller's) training mode, except for the frozen parts (model.freeze): eval."""
+        super().train(mode)
+        if getattr(self, "frozen_parts", None):  # nn.Module's train may run before __init__ has set them
+            hold_frozen_in_eval(self.tokenizer, self.frozen_parts)
+        return self
 
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable sizes: the tokenizer (what is exported) and, apart, the discriminator."""
+        """Sizes: the tokenizer (what is exported, frozen parts included) and, apart, the discriminator."""
         counts = {"tokenizer": self.tokenizer.num_parameters()}
         if self.discriminator is not None:
             counts["discriminator"] = sum(p.numel() for p in self.discriminator.parameters())

@@ -46,7 +46,7 @@ def build_quantizer(name: str, dim: int, **kwargs: Any) -> Quantizer:
     return cls(dim=dim, **kwargs)
 
 
-from vartok.models.quantizers import bsq, fsq, gq, lfq, vq  # noqa: F401  (registration)
+from vartok.models.quantizers import bsq, fsq, gq, lfq, titok_vq, vq  # noqa: F401  (registration)
 
 __all__ = [
     "QUANTIZERS",

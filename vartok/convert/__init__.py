@@ -1,0 +1,1 @@
+"""Checkpoints of other projects -> vartok exports (`vartok-convert`)."""
