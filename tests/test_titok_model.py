@@ -15,9 +15,9 @@ from vartok.tokenizers.config import titok_fields
 
 
 def tiny_config(**overrides) -> TokenizerConfig:
-    values = dict(architecture="titok", image_size=32, patch_size=8, width=32, depth=1, heads=2, num_tokens=6,
-                  quantizer="titok_vq", quantizer_args={"codebook_size": 32, "codebook_dim": 8, "l2_norm": False},
-                  linear_shortcut=False)
+    values = {"architecture": "titok", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2,
+              "num_tokens": 6, "quantizer": "titok_vq", "linear_shortcut": False,
+              "quantizer_args": {"codebook_size": 32, "codebook_dim": 8, "l2_norm": False}}
     values.update(overrides)
     return TokenizerConfig(**values)
 

@@ -11,6 +11,7 @@ norm_out, conv_out), so converting them is a rename of the prefix only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ class UpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, res_blocks: int, upsample: bool) -> None:
         super().__init__()
         widths = [in_channels] + [out_channels] * res_blocks
-        self.block = nn.ModuleList(ResnetBlock(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.block = nn.ModuleList(ResnetBlock(a, b) for a, b in pairwise(widths))
         self.upsample_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1) if upsample else None
 
     def forward(self, x: Tensor) -> Tensor:

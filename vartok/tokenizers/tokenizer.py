@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_model
 from torch import Tensor, nn
 
 from vartok.models.linear_path import PCA_SPREAD, pca_init
-from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
 from vartok.models.pixel_decoder import PixelDecoderArgs
+from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
 from vartok.models.titok import TiTokDecoder, TiTokEncoder
 from vartok.models.vit import Decoder, Encoder
 from vartok.tokenizers.config import TokenizerConfig, preset_config
