@@ -41,12 +41,27 @@ def environment(tmp_path_factory) -> dict:
     hub.mkdir(parents=True)
     make_random_inception_weights(hub / "weights-inception-2015-12-05-6726825d.pth", photo_crops(8, 48, seed=1))
     torch.save(LPIPS(random_init=True, seed=0).net.state_dict(), hub / "vgg16-397923af.pth")
+    export = tiny_titok_export(root / "titok_export")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
                TORCH_HOME=str(root / "torch"), VARTOK_CACHE=str(root / "cache"))
-    return {"root": root, "shards": str(root / "shards"), "env": env}
+    return {"root": root, "shards": str(root / "shards"), "env": env, "export": str(export)}
 
 
-def overrides(config: str, shards: str, run_dir: Path) -> list[str]:
+def tiny_titok_export(folder: Path) -> Path:
+    """What the fine-tuning recipes start from: a two-stage TiTok-architecture export (the converter's output
+    format) at 32 px with a small pixel decoder, its 256 codes enough for the robust recipe's 64 neighbours."""
+    from vartok import Tokenizer
+    from vartok.tokenizers import TokenizerConfig
+
+    config = TokenizerConfig(architecture="titok", image_size=32, patch_size=16, width=32, depth=1, heads=2,
+                             num_tokens=8, quantizer="titok_vq", quantizer_args={"codebook_size": 256,
+                                                                                 "codebook_dim": 8},
+                             linear_shortcut=False, titok_reshape="legacy", titok_head="proxy_codes",
+                             pixel_decoder={"proxy_codes": 64, "code_dim": 16, "channels": 32})
+    return Tokenizer.from_config(config).save_pretrained(folder)
+
+
+def overrides(config: str, shards: str, run_dir: Path, export: str) -> list[str]:
     """Scale a recipe down without editing it: tiny shapes, 32 px, few steps, a checkpoint every 3 steps."""
     args = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_steps", str(STEPS),
             "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps",
@@ -60,6 +75,8 @@ def overrides(config: str, shards: str, run_dir: Path) -> list[str]:
     if "imagenet" in config:  # the recipe's own tokenizer settings (its quantizer) with a tiny shape
         recipe = yaml.safe_load((ROOT / config).read_text())["model"].get("tokenizer") or {}
         args += ["--model.tokenizer", json.dumps({**recipe, **TINY_SHAPE})]
+    elif "finetune" in config:  # the architecture is the export's
+        args += ["--model.init_from", export]
     else:  # the demo preset is already 32 px; its PCA start reads fewer images (more than N x D = 512 at most)
         args += ["--model.pca_images", "600"]
     if "gan" in config:
@@ -71,7 +88,7 @@ def overrides(config: str, shards: str, run_dir: Path) -> list[str]:
 def train(config: str, environment: dict, run_dir: Path, *extra: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "train.py"), "fit", "--config", config,
-           *overrides(config, environment["shards"], run_dir), *extra]
+           *overrides(config, environment["shards"], run_dir, environment["export"]), *extra]
     done = subprocess.run(cmd, check=False, env=environment["env"], capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
     assert done.returncode == 0, f"{config}: {done.stderr[-4000:]}"

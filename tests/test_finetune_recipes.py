@@ -77,3 +77,13 @@ def test_robust_decoder_recipe_trains_only_the_decoder_of_a_two_stage_titok(tmp_
     after = Tokenizer.from_pretrained(tmp_path / "run" / "export").state_dict()
     assert not changed(before, after, "encoder.") and not changed(before, after, "quantizer.")
     assert changed(before, after, "decoder.pixel_decoder.")
+
+
+def test_data_of_another_size_than_the_export_is_one_sentence(tmp_path, shards, capfd, caplog, monkeypatch):
+    export = converted("single_stage", tmp_path)
+    with pytest.raises(AssertionError, match="exit 2") as failure:
+        fit("titok_tail_drop.yaml", export, shards, tmp_path / "run", capfd, caplog, monkeypatch,
+            "--data.image_size", "64")
+    assert (f"data.image_size=64 does not match the image size 32 of the tokenizer in model.init_from {export}"
+            in str(failure.value))
+    assert "Traceback" not in str(failure.value)

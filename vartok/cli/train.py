@@ -109,14 +109,14 @@ class VartokCLI(LightningCLI):
         check_strategy(self.trainer)
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         check_ckpt_path(ckpt_path)
-        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams["preset"])
+        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams)
         if ckpt_path is None:
             note_earlier_checkpoints(self.trainer)
 
     def before_validate(self) -> None:
         """The same checks for `validate`, which also needs validation data."""
         check_ckpt_path(self.config[self.subcommand].get("ckpt_path"))
-        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams["preset"])
+        check_image_size(self.datamodule, self.model.tokenizer_config, self.model.hparams)
         if self.datamodule.val_shards is None:
             raise ValueError("validate needs validation data: set data.val_shards (shard paths, a brace "
                              "pattern or a shard folder)")

@@ -12,6 +12,7 @@ weight of the same shape: a missing, unexpected or misshapen key is one sentence
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ def read_weights(path: Path) -> dict[str, Tensor]:
             state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds Python objects besides tensors, which a load with weights_only=True refuses "
+                         f"(vartok never unpickles objects): save the plain state dict, or use its "
+                         f"model.safetensors") from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
         raise ValueError(f"{path} is not a readable weights file (safetensors, or a .bin loaded with "
                          f"weights_only=True): {str(err).splitlines()[0]}") from None

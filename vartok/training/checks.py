@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -12,15 +13,26 @@ from vartok.models.discriminator import discriminator_args
 from vartok.tokenizers.config import TokenizerConfig
 
 
-def check_image_size(datamodule: Any, config: TokenizerConfig, preset: str) -> None:
-    """One sentence when the data's image size is not the tokenizer's (otherwise found at the first step)."""
+def check_image_size(datamodule: Any, config: TokenizerConfig, hparams: Mapping[str, Any]) -> None:
+    """One sentence when the data's image size is not the tokenizer's (otherwise found at the first step).
+
+    Args:
+        datamodule: the data module (its `image_size`, if any); config: the run's tokenizer.
+        hparams: the module's hyperparameters (its `preset` and `init_from` name where the size comes from).
+    """
     size, expected = getattr(datamodule, "image_size", None), config.image_size
-    if size is not None and size != expected:
-        raise ValueError(
-            f"data.image_size={size} does not match the tokenizer's model.tokenizer.image_size={expected} "
-            f"(preset {preset}); set --data.image_size {expected}, or "
-            f"--model.tokenizer.image_size {size} to build a tokenizer for {size} px images"
-        )
+    if size is None or size == expected:
+        return
+    init_from = hparams.get("init_from")
+    if init_from is not None:  # the export's weights fix the size (position embeddings of its patch grid)
+        raise ValueError(f"data.image_size={size} does not match the image size {expected} of the tokenizer in "
+                         f"model.init_from {init_from}, whose weights are for {expected} px images; set "
+                         f"--data.image_size {expected}")
+    raise ValueError(
+        f"data.image_size={size} does not match the tokenizer's model.tokenizer.image_size={expected} "
+        f"(preset {hparams.get('preset')}); set --data.image_size {expected}, or "
+        f"--model.tokenizer.image_size {size} to build a tokenizer for {size} px images"
+    )
 
 
 def check_architecture(checkpoint: dict[str, Any], path: str | None, config: TokenizerConfig,

@@ -156,7 +156,7 @@ class TokenizerModule(pl.LightningModule):
         if stage == "fit":
             check_strategy(self.trainer)  # before any work: the demo data, PCA, weights files
         if self._trainer is not None and self.trainer.datamodule is not None:
-            check_image_size(self.trainer.datamodule, self.tokenizer_config, self.hparams["preset"])
+            check_image_size(self.trainer.datamodule, self.tokenizer_config, self.hparams)
         if self.tokenizer.perturbation is not None:
             self.tokenizer.perturbation.rank = self.global_rank
         configure = getattr(self.tokenizer.quantizer, "configure_world_size", None)
