@@ -3,9 +3,10 @@ command offers (PSNR, SSIM, LPIPS, rFID, pFID) at several lengths, on both refer
 
 The released-format checkpoints come from the parity fixtures (`released_checkpoint`: single-stage, 32 px,
 patch 8, 8 tokens, 64 codes; two-stage, 32 px, patch 16, the VQGAN pixel decoder, 8 tokens, 256 codes), and
-`vartok-convert titok` turns them into export folders. The measuring networks are random stand-ins written
-under their official shapes (tests/fixtures/doubles.py, vartok.nets.lpips), so nothing is downloaded; the
-figures are checked for being finite and, for PSNR, against a computation of our own from the export's
+`vartok-convert titok` turns them into export folders. Nothing is downloaded: LPIPS reads a random VGG16 file
+of the official shapes, and the FID network is tests/fixtures/doubles.py's TinyFeatureNet (16 features), since
+with Inception's 2048 features each FID's matrix square root alone takes ~7 s on two CPU cores (the Inception
+path itself is tested in test_metrics_fid.py and test_configs_ddp.py). The figures are checked for being finite and, for PSNR, against a computation of our own from the export's
 `decode` on the same images. pFID must run through titok_vq's `symbol_latents` / `nearest_codes`; at α = 0 the
 perturbation is the identity, so its pFID must equal the rFID at N.
 """
@@ -24,7 +25,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.doubles import make_random_inception_weights, photo_crops
+import vartok.metrics.networks
+from tests.fixtures.doubles import TinyFeatureNet
 from tests.fixtures.photo_shards import photo_shards
 from tests.test_titok_parity import released_checkpoint
 from vartok import Tokenizer
@@ -42,15 +44,30 @@ CODEBOOK = {"single_stage": 64, "two_stage": 256}
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
-    """One shard of IMAGES 32 px photo crops and random measuring-network files under their official shapes."""
+    """One shard of IMAGES 32 px photo crops and a random LPIPS VGG16 file of the official shapes."""
     from vartok.nets.lpips import LPIPS
 
     root = tmp_path_factory.mktemp("titok_eval")
     shards = photo_shards(root / "shards", count=IMAGES, size=SIZE, shards=1, seed=3)
-    inception = make_random_inception_weights(root / "inception.pth", photo_crops(8, 48, seed=1))
     lpips = root / "vgg16.pth"
     torch.save(LPIPS(random_init=True, seed=0).net.state_dict(), lpips)
-    return {"root": root, "shard": shards[0], "inception": str(inception), "lpips": str(lpips)}
+    (root / "inception.pth").write_bytes(b"never read: the FID network is a stand-in")
+    return {"root": root, "shard": shards[0], "inception": str(root / "inception.pth"), "lpips": str(lpips)}
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path) -> list:
+    """An empty torch hub cache, and vartok-eval's FID network replaced by TinyFeatureNet (the files it was
+    asked to build from are recorded)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    asked: list = []
+
+    def build_inception(path, *args, **kwargs):
+        asked.append(path)
+        return TinyFeatureNet(num_features=16)
+
+    monkeypatch.setattr(vartok.metrics.networks, "build_inception", build_inception)
+    return asked
 
 
 def shard_images(shard: str) -> torch.Tensor:
@@ -60,7 +77,7 @@ def shard_images(shard: str) -> torch.Tensor:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             if member.name.endswith(".png"):
                 image = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                images.append(torch.from_numpy(np.asarray(image)).permute(2, 0, 1))
+                images.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
     return torch.stack(images)
 
 
@@ -89,10 +106,10 @@ def finite(value: object) -> bool:
 
 
 @pytest.mark.parametrize("variant", ["single_stage", "two_stage"])
-def test_every_metric_at_every_length_on_a_converted_export(tmp_path, inputs, capsys, monkeypatch, variant) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # only the files given are used
+def test_every_metric_at_every_length_on_a_converted_export(tmp_path, inputs, stand_ins, capsys, variant) -> None:
     export = converted_export(variant, tmp_path)
     report, printed = evaluate_export(export, inputs, tmp_path / "eval", capsys)
+    assert stand_ins == [inputs["inception"]]
 
     assert report["num_images"] == IMAGES and report["unavailable"] == {} and report["skipped"] == {}
     assert report["tokenizer"]["num_tokens"] == TOKENS and report["tokenizer"]["codebook_size"] == CODEBOOK[variant]
