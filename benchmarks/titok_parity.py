@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_titok_parity import released_checkpoint, tokens_last  # noqa: E402
-from vartok import Tokenizer  # noqa: E402
-from vartok.convert.titok import convert_titok  # noqa: E402
+from tests.test_titok_parity import released_checkpoint, tokens_last
+from vartok import Tokenizer
+from vartok.convert.titok import convert_titok
 
 
 def figures(variant: str, folder: Path) -> dict:

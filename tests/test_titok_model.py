@@ -172,3 +172,16 @@ def test_unsupported_released_variants_are_refused(vq_model, message):
             "use_l2_norm": True}
     with pytest.raises(ValueError, match=message):
         titok_fields({**base, **vq_model}, 256)
+
+
+def test_no_weight_decay_on_tokens_position_embeddings_or_codebooks():
+    from vartok.training.optim import parameter_groups
+
+    tok = Tokenizer.from_config(two_stage_config())
+    names = {id(p): n for n, p in tok.named_parameters()}
+    decay, no_decay = (sorted(names[id(p)] for p in g["params"]) for g in parameter_groups(tok, 0.1))
+    for name in ("encoder.class_embedding", "encoder.positional_embedding", "encoder.latent_tokens",
+                 "encoder.latent_token_positional_embedding", "decoder.mask_token", "quantizer.embedding.weight",
+                 "decoder.proxy_codebook.weight", "encoder.ln_pre.weight", "decoder.blocks.0.norm1.weight"):
+        assert name in no_decay, name
+    assert "encoder.blocks.0.attn.qkv.weight" in decay and "decoder.pixel_decoder.conv_in.weight" in decay

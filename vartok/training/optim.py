@@ -15,12 +15,16 @@ from torch import Tensor, nn
 from vartok.training.settings import Optimization
 
 NO_DECAY_NAMES = ("latent_tokens", "pos_embed", "token_pos", "mask_token", "drop_token", "patch_to_latent",
-                  "latent_to_patch")
+                  "latent_to_patch", "class_embedding", "positional_embedding", "latent_token_positional_embedding",
+                  "embed")  # the last: vq's learnable codebook
+# Codebooks (TiTok's quantizer and proxy codes) never decay: decay would pull every code towards 0.
+NO_DECAY_SUFFIXES = ("quantizer.embedding.weight", "proxy_codebook.weight")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
                      linear_path_lr_scale: float = 1.0) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, latent/mask tokens and position embeddings; the global
+    """AdamW groups: no weight decay on norms, biases, latent/mask/class tokens, position embeddings and
+    codebooks; the global
     linear path (if any) in its own group at lr * linear_path_lr_scale without decay (needs `lr`)."""
     decay, no_decay, linear_path = [], [], []
     for name, param in model.named_parameters():
@@ -29,7 +33,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = N
         leaf = name.rsplit(".", 1)[-1]
         if ".linear_path." in f".{name}":
             linear_path.append(param)
-        elif param.ndim < 2 or leaf in NO_DECAY_NAMES or "norm" in name:
+        elif param.ndim < 2 or leaf in NO_DECAY_NAMES or name.endswith(NO_DECAY_SUFFIXES) or "norm" in name:
             no_decay.append(param)
         else:
             decay.append(param)
