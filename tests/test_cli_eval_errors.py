@@ -257,3 +257,11 @@ def test_export_to_an_existing_file_is_one_sentence(tmp_path, capsys) -> None:
     assert f"vartok-export: error: --out {tmp_path / 'out.txt'} is a file; give a folder" in err
     assert export_cli(["--checkpoint", str(ckpt), "--out", str(tmp_path / "ok")], capsys)[0] == 0
     assert Tokenizer.from_pretrained(tmp_path / "ok").num_tokens == 4
+
+
+def test_pfid_lengths_outside_the_lengths_fail_before_loading(stand_in, tmp_path, capsys) -> None:
+    shard = write_shard(tmp_path / "shards", good=4)
+    argv = [*quick(tmp_path / "out", shard), "--lengths", "1,2", "--pfid-lengths", "2,4"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and stand_in == []
+    assert_one_line(err, "--pfid-lengths 2,4 must be among --lengths 1,2")

@@ -2,7 +2,7 @@
 
     vartok-eval --checkpoint CKPT_OR_EXPORT_DIR [--weights ema|raw] --data URLS|demo --lengths 1,2,4,... \\
         --metrics psnr,ssim,lpips,rfid,pfid --out DIR [--inception-weights PATH] [--lpips-weights PATH]
-        [--batch-size N] [--device cpu] [--pfid-alpha 0.05,0.1,0.2 --pfid-delta 16 --pfid-seeds 2]
+        [--batch-size N] [--device cpu] [--pfid-alpha 0.05,0.1,0.2 --pfid-delta 16 --pfid-seeds 2 --pfid-lengths 8,32]
         [--target-psnr X] [--max-skip-fraction 0.01]
 
 Writes DIR/report.json (with the provenance of the evaluated weights and of the measuring networks' files),
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pFID token-error rates (default 0.05,0.1,0.2)")
     p.add_argument("--pfid-delta", type=int, default=16, help="pFID neighbourhood size δ (default 16)")
     p.add_argument("--pfid-seeds", type=int, default=2, help="pFID seeds, mean reported (default 2)")
+    p.add_argument("--pfid-lengths", type=lambda t: _int_list("--pfid-lengths", t), default=None,
+                   help="token counts at which pFID is measured, among --lengths (default: N, or the largest "
+                        "length evaluated)")
     p.add_argument("--target-psnr", type=float, default=None, help="also choose k per image for this PSNR")
     p.add_argument("--fid-stats-cache", default=None, help="folder caching the originals' Inception statistics")
     p.add_argument("--baseline-images", type=int, default=1000,
@@ -94,6 +97,9 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}={value} is not allowed; it must be an integer ≥ {low}.")
     if args.baseline_images is not None and args.baseline_images < 1:
         raise ValueError(f"--baseline-images={args.baseline_images} is not allowed; it must be ≥ 1.")
+    if args.pfid_lengths and args.lengths and not set(args.pfid_lengths) <= set(args.lengths):
+        raise ValueError(f"--pfid-lengths {','.join(map(str, args.pfid_lengths))} must be among --lengths "
+                         f"{','.join(map(str, args.lengths))}: pFID is measured on lengths that are evaluated.")
     if not 0 <= args.max_skip_fraction <= 1:
         raise ValueError(f"{SKIP_FLAG}={args.max_skip_fraction} is not allowed; give a fraction in [0, 1].")
     if args.weights is not None and Path(args.checkpoint).is_dir():
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
                         skip_setting=SKIP_FLAG)
     plan = EvalPlan(
         lengths=args.lengths, metrics=metrics, device=device, networks=networks, perturbations=perturbations,
-        pfid_seeds=range(args.pfid_seeds), fid_stats_dir=args.fid_stats_cache, data_id=str(args.data),
+        pfid_seeds=range(args.pfid_seeds), pfid_lengths=args.pfid_lengths, fid_stats_dir=args.fid_stats_cache, data_id=str(args.data),
         baselines=not args.no_baselines, baseline_images=args.baseline_images, target_psnr=args.target_psnr,
         grid_images=args.grid_images, show=True, unavailable=unavailable,
         provenance={"checkpoint": checkpoint_provenance(args.checkpoint, use_ema)},
