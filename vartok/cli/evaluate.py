@@ -4,10 +4,14 @@
         --metrics psnr,ssim,lpips,rfid,pfid --out DIR [--inception-weights PATH] [--lpips-weights PATH]
         [--batch-size N] [--device cpu] [--pfid-alpha 0.05,0.1,0.2 --pfid-delta 16 --pfid-seeds 2 --pfid-lengths 8,32]
         [--target-psnr X] [--max-skip-fraction 0.01]
+        [--metrics ...,gfid,bits --prior PRIOR_DIR [--gfid-samples N] [--gfid-temperature T] [--gfid-top-k K]
+         [--gfid-seed S]]
 
 Writes DIR/report.json (with the provenance of the evaluated weights and of the measuring networks' files),
 DIR/rd.png, DIR/grid.png and prints a table. Under torchrun each rank evaluates its share of the images and
-every image is counted once. Exit status: 0 done, 2 a user mistake (one line, before any work), 1 nothing was
+every image is counted once. With a token prior (--prior, trained on this tokenizer's tokens): bits per
+token of the images' own tokens and gFID of decodes of the prior's samples at each length (vartok.metrics.generation).
+Exit status: 0 done, 2 a user mistake (one line, before any work), 1 nothing was
 measured (no image read, or none of the requested metrics could be computed).
 """
 
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=lambda t: _int_list("--lengths", t), default=None,
                    help="token counts k, e.g. 1,2,4,8 (default 1,2,4,...,N plus N)")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default {DEFAULT_METRICS}; "
-                   "also pfid)")
+                   "also pfid; gfid and bits with --prior)")
     p.add_argument("--out", required=True, help="output folder for report.json, rd.png, grid.png")
     p.add_argument("--inception-weights", default=None, help="weights-inception-2015-12-05-6726825d.pth "
                    "(default: the torch hub cache)")
@@ -84,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "~0.2 s per 256-px image plus its SSIM, fast on a GPU)")
     p.add_argument("--no-baselines", action="store_true", help="skip the codec baselines")
     p.add_argument("--grid-images", type=int, default=8, help="images in grid.png (default 8)")
+    p.add_argument("--prior", default=None, help="token prior export folder (vartok-prior): needed by the "
+                   "metrics gfid and bits")
+    p.add_argument("--gfid-samples", type=int, default=None,
+                   help="sequences sampled for gFID (default: as many as the evaluated images)")
+    p.add_argument("--gfid-temperature", type=float, default=1.0, help="sampling temperature > 0 (default 1)")
+    p.add_argument("--gfid-top-k", type=int, default=None, help="sample among the k most likely codes")
+    p.add_argument("--gfid-seed", type=int, default=0, help="sample i draws from a generator keyed by (seed, i)")
     p.add_argument(SKIP_FLAG, type=float, default=0.01,
                    help="stop when a larger fraction of the samples cannot be read (default 0.01; 1 = never)")
     return p
@@ -106,8 +117,48 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--weights {args.weights} applies to a .ckpt training checkpoint, but {args.checkpoint} is "
                          "an export folder, which holds the one set of weights vartok-export wrote (EMA unless "
                          "it ran with --raw); leave --weights out.")
+    _check_prior_args(args)
     check_out_folder(args.out, "report.json, rd.png and grid.png")
     _check_device(args.device)
+
+
+def _check_prior_args(args: argparse.Namespace) -> None:
+    """--prior and the gFID flags: consistent with --metrics, in range, the folder there."""
+    wanted = [m for m in ("gfid", "bits") if m in {m.strip().lower() for m in args.metrics.split(",")}]
+    if wanted and args.prior is None:
+        raise ValueError(f"--metrics {','.join(wanted)} measures a token prior over this tokenizer's tokens; give "
+                         "its export folder with --prior PRIOR_DIR.")
+    if args.prior is not None and not wanted:
+        raise ValueError(f"--prior {args.prior} is given but --metrics {args.metrics} asks for neither gfid nor "
+                         "bits; add them to --metrics or leave --prior out.")
+    if args.prior is not None and not Path(args.prior).is_dir():
+        raise ValueError(f"--prior {args.prior} does not exist or is not a folder; give the export folder of a "
+                         "token prior (config.json + model.safetensors).")
+    if args.gfid_samples is not None and args.gfid_samples < 2:
+        raise ValueError(f"--gfid-samples={args.gfid_samples} is not allowed; FID needs at least 2 samples.")
+    if not 0 < args.gfid_temperature < float("inf"):
+        raise ValueError(f"--gfid-temperature={args.gfid_temperature} is not allowed; give a temperature > 0 "
+                         "(1 samples the prior as trained).")
+    if args.gfid_top_k is not None and args.gfid_top_k < 1:
+        raise ValueError(f"--gfid-top-k={args.gfid_top_k} is not allowed; give an integer >= 1 or leave it out.")
+
+
+def _generation(args: argparse.Namespace, tokenizer: Any, metrics: set[str]) -> Any:
+    """The token prior of --prior with the sampling flags, checked against the tokenizer (one sentence naming
+    both) before anything else is loaded; None without gfid / bits."""
+    if not metrics & {"gfid", "bits"}:
+        return None
+    from vartok.metrics.generation import Generation
+    from vartok.models.prior import TokenPrior
+
+    prior = TokenPrior.from_pretrained(args.prior)
+    if args.gfid_top_k is not None and prior.spec.kind == "bits":
+        raise ValueError(f"--gfid-top-k does not apply to the prior {args.prior}: it predicts each bit of "
+                         f"{prior.spec.describe()} on its own; leave it out (--gfid-temperature still applies).")
+    generation = Generation(prior, args.gfid_samples, args.gfid_temperature, args.gfid_top_k, args.gfid_seed,
+                            args.batch_size, name=str(args.prior))
+    generation.check(tokenizer, str(args.checkpoint))
+    return generation
 
 
 def _check_device(device: str | None) -> None:
@@ -192,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     rank, world, device = _distributed(args.device)
     use_ema = args.weights != "raw"
     tokenizer = load_tokenizer(args.checkpoint, use_ema=use_ema)
+    generation = _generation(args, tokenizer, metrics)
     perturbations, unavailable = _perturbations(tokenizer, args.pfid_alpha, args.pfid_delta) \
         if "pfid" in metrics else ({}, {})
     networks = _networks(metrics, args, unavailable)
@@ -206,7 +258,7 @@ def run(args: argparse.Namespace) -> dict:
         pfid_seeds=range(args.pfid_seeds), pfid_lengths=args.pfid_lengths, fid_stats_dir=args.fid_stats_cache, data_id=str(args.data),
         baselines=not args.no_baselines, baseline_images=args.baseline_images, target_psnr=args.target_psnr,
         grid_images=args.grid_images, show=True, unavailable=unavailable,
-        provenance={"checkpoint": checkpoint_provenance(args.checkpoint, use_ema)},
+        provenance={"checkpoint": checkpoint_provenance(args.checkpoint, use_ema)}, generation=generation,
     )
     report = evaluate(tokenizer, loader, plan, args.out)
     _check_measured(report, metrics, args)

@@ -85,6 +85,10 @@ class EvaluationCallback(pl.Callback):
                 f"got {missing_weights!r}"
             )
         self.metrics = check_metrics(metrics if metrics is not None else ("psnr", "lpips", "rfid"))
+        generation = sorted(self.metrics & {"gfid", "bits"})
+        if generation:
+            raise ValueError(f"EvaluationCallback metrics {', '.join(generation)} need a token prior trained on the "
+                             f"finished tokenizer; measure them after training with vartok-eval --prior PRIOR_DIR")
         self.every_n_steps, self.num_images, self.lengths = every_n_steps, num_images, lengths
         self.inception_weights, self.lpips_weights = inception_weights, lpips_weights
         self.fid_feature = fid_feature

@@ -3,7 +3,9 @@
 For each k: PSNR, SSIM, LPIPS (when available), rFID (when available), bytes per image and bpp, and the
 best JPEG / WebP / thumbnail at ≤ those bytes; over the set: codebook usage, perplexity and usage per token
 position; optionally pFID of perturbed codes and, for a target PSNR, the smallest k per image that reaches it
-and how many images do reach it at that k (choose_length answers N when no k does).
+and how many images do reach it at that k (choose_length answers N when no k does); with a token prior
+(plan.generation, vartok.metrics.generation) the prior's bits per token on the images' own tokens and gFID of
+decodes of its samples, in the same FIDBank as rFID.
 Only samples with ``valid=True`` count, and every statistic is a torchmetrics state synced over ranks, so
 under torch.distributed each image counts exactly once. A metric that cannot run (missing weights) is absent
 from the numbers and listed under "unavailable". The report's "provenance" names the weights files of the
@@ -11,8 +13,8 @@ measuring networks (path, SHA-256, official or not, with a printed warning when 
 
 The tokenizer is used through a duck type: ``encode(images) -> obj.indices`` (B,N[,G]) int64,
 ``decode(indices, length=k) -> (B,3,H,W)`` in [0,1], ``num_tokens``, ``image_size``, ``bits_per_token``,
-``codebook_size`` (and ``choose_length`` for a target PSNR). Reconstructions are clamped and rounded to 8
-bits (as they would be saved) before every metric.
+``codebook_size`` (and ``choose_length`` for a target PSNR, ``quantizer`` for gfid / bits). Reconstructions
+are clamped and rounded to 8 bits (as they would be saved) before every metric.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from vartok.distributed import gather_objects, rank_world
 from vartok.metrics import fid as fid_lib
 from vartok.metrics.baselines import BaselineStats
 from vartok.metrics.codebook import CodebookStats
+from vartok.metrics.generation import GENERATION_METRICS, GenerationMeter, batch_labels
 from vartok.metrics.networks import build_networks, networks_provenance, provenance_warnings
 from vartok.metrics.pfid import perturb
 from vartok.metrics.plan import EvalPlan, ResolvedPlan
@@ -67,8 +70,12 @@ class Evaluation:
         self.images, self.padding = SumMetric().to(self.device), SumMetric().to(self.device)
         self.chosen: Counter[int] = Counter()  # target PSNR: images per chosen k
         self.met = 0  # target PSNR: images whose chosen k reaches it
+        self.gen_unavailable: dict[str, str] = {}
         self.grid_images = plan.grid_images if self.rank == 0 else 0
         self.grid: dict[str, list[Tensor]] = {}
+        wants_generation = plan.generation is not None and resolved.metrics & set(GENERATION_METRICS)
+        self.gen = GenerationMeter(plan.generation, self.lengths, resolved.metrics, self.device, self.fid) \
+            if wants_generation else None
         if self.fid is not None:
             for name in self.fid_set_names():
                 self.fid.update(name, torch.zeros(0, 3, 8, 8, dtype=torch.uint8))  # same sets on every rank
@@ -77,7 +84,7 @@ class Evaluation:
         names = [f"rfid/{k}" for k in self.lengths]
         for name in self.perturbations:
             names += [f"pfid/{name}/{s}/{k}" for s in self.pfid_seeds for k in self.pfid_lengths]
-        return names
+        return names + (self.gen.set_names if self.gen is not None else [])
 
     @torch.no_grad()
     def step(self, batch: dict, batch_index: int) -> None:
@@ -93,6 +100,8 @@ class Evaluation:
         encoding = self.tok.encode(originals)
         indices = encoding.indices
         self._codebook(indices).update(indices)
+        if self.gen is not None:
+            self.gen.observe(indices, batch_labels(batch, valid))
         if self.fid is not None:
             self.fid.update_reference(images)
         self._collect_grid("original", images)
@@ -148,6 +157,7 @@ class Evaluation:
         """Every torchmetrics state holder of this pass."""
         found = [m for meter in self.quality.values() for m in meter.modules() if isinstance(m, Metric)]
         found += [self.images, self.padding] + [m for m in (self.codebook, self.baselines) if m is not None]
+        found += self.gen.metrics() if self.gen is not None else []
         if self.fid is not None:
             found += [self.fid.reference, *self.fid.sets.values()]
         return found
@@ -173,6 +183,9 @@ class Evaluation:
                 out["lengths"][str(k)] = entry
             if self.fid is not None and num_images >= 2:
                 self._pfid(out["lengths"])
+            if self.gen is not None:
+                out["prior"], self.gen_unavailable = self.gen.results(out["lengths"], self.plan.distributed,
+                                                                      self.fid is not None and num_images >= 2)
             codebook = self._shared_codebook()
             out["codebook"] = codebook.compute() if codebook is not None else {}
             if self.baselines is not None:
@@ -184,6 +197,13 @@ class Evaluation:
         if self.plan.target_psnr is not None:
             out["target"] = self._target()
         return out
+
+    def generate(self) -> None:
+        """After the pass: gFID's samples (as many as the evaluated images unless the plan says), this rank's
+        share decoded at every k into the FIDBank."""
+        if self.gen is not None and self.fid is not None:
+            samples = self.plan.generation.samples or int(self.images.compute())
+            self.gen.generate(self.tok, samples, self.rank, self.world)
 
     def _shared_codebook(self) -> CodebookStats | None:
         """The codebook statistics, also on a rank that saw no image while others did (every rank must sync
@@ -237,6 +257,9 @@ def evaluate(tokenizer: Any, loader: Any, plan: EvalPlan | None = None,
     """
     plan = plan or EvalPlan()
     resolved = plan.resolve(int(tokenizer.num_tokens))
+    if plan.generation is not None and resolved.metrics & set(GENERATION_METRICS):  # before any work
+        named = (plan.provenance or {}).get("checkpoint", {}).get("path", f"({type(tokenizer).__name__})")
+        plan.generation.check(tokenizer, named)
     unavailable = resolved.unavailable
     networks = build_networks(resolved.metrics, plan.networks, unavailable)
     run = Evaluation(tokenizer, plan, resolved, networks)
@@ -262,10 +285,12 @@ def evaluate(tokenizer: Any, loader: Any, plan: EvalPlan | None = None,
     if run.fid is not None:
         stale = fid_lib.close_reference_cache(run.fid, cache, int(run.images.compute()), run.rank)
         if stale is not None:
-            unavailable.update({"rfid": stale, "pfid": stale})
+            unavailable.update({"rfid": stale, "pfid": stale} | ({"gfid": stale} if run.gen is not None else {}))
             run.fid = None
+    run.generate()
     report = run.results()
-    for name in ("rfid", "pfid"):
+    unavailable.update(run.gen_unavailable)
+    for name in ("rfid", "pfid", "gfid"):
         if name in resolved.metrics and name not in unavailable and run.fid is not None and report["num_images"] < 2:
             unavailable[name] = f"FID needs at least 2 images, the set has {report['num_images']}"
     report["skipped"] = gather_skipped(loader, plan.distributed)

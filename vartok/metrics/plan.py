@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from vartok.metrics.generation import GENERATION_METRICS, Generation
 from vartok.metrics.pfid import Perturbation
 from vartok.metrics.rate import default_lengths
 
-METRICS = ("psnr", "ssim", "lpips", "rfid", "pfid")
-FID_METRICS = ("rfid", "pfid")
+METRICS = ("psnr", "ssim", "lpips", "rfid", "pfid", *GENERATION_METRICS)
+FID_METRICS = ("rfid", "pfid", "gfid")
 
 
 def check_lengths(lengths: Iterable[int], num_tokens: int) -> list[int]:
@@ -84,6 +85,8 @@ class EvalPlan:
     unavailable: metric → reason it cannot run, known before the evaluation (written into the report).
     provenance: where the evaluated tokenizer came from, e.g. {"checkpoint": {"path", "kind", "weights"}}; the
         report's "provenance" is this plus "networks" (the measuring networks' weights files) and "warnings".
+    generation: the token prior that metrics gfid and bits measure, and its sampling settings
+        (vartok.metrics.generation.Generation); needed by those metrics.
     """
 
     lengths: list[int] | None = None
@@ -104,6 +107,7 @@ class EvalPlan:
     subset: dict[str, Any] | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] | None = None
+    generation: Generation | None = None
 
     def resolve(self, num_tokens: int) -> ResolvedPlan:
         """The checked lengths, metrics and pFID lengths for a tokenizer of `num_tokens` tokens; metrics whose
@@ -114,6 +118,11 @@ class EvalPlan:
                                      num_tokens)
         if not set(pfid_lengths) <= set(lengths):
             raise ValueError(f"pfid_lengths={pfid_lengths} must be among the evaluated lengths {lengths}.")
+        wanted = sorted(metrics & set(GENERATION_METRICS))
+        if wanted and self.generation is None:
+            raise ValueError(f"metrics {', '.join(wanted)} measure a token prior over the tokenizer's tokens; give "
+                             "EvalPlan(generation=Generation(prior)) (vartok.metrics.generation), or on the "
+                             "command line vartok-eval --prior PRIOR_DIR.")
         unavailable = dict(self.unavailable)
         if "pfid" in metrics and not self.perturbations:
             unavailable["pfid"] = "no latent perturbation was given (pfid needs perturbations=...)"

@@ -4,6 +4,7 @@ report.json::
 
     {"num_images", "image_size", "tokenizer": {...},
      "lengths": {"<k>": {"tokens", "bytes_per_image", "bpp", "psnr", "ssim", "lpips"?, "rfid"?, "pfid"?,
+                         "gfid"?, "bits_per_token"? (a token prior's, vartok.metrics.generation),
                          "baselines": {"jpeg"|"webp"|"thumbnail": {"bytes", "psnr", "ssim"} | "infeasible"}}},
      "codebook": {...}, "baselines": {"jpeg": [...], "webp": [...], "thumbnail": [...]},
      "target"? ({"target_psnr", "images", "met"? (images whose chosen k reaches the target), "mean_bytes",
@@ -14,7 +15,9 @@ report.json::
                 "ranks"}, see vartok.metrics.subset),
      "provenance"? (what was measured with what: {"checkpoint": {"path", "kind", "weights": "ema"|"raw"|...},
                     "networks": {"inception"|"lpips": {"path", "sha256", "official", "warning"?}},
-                    "warnings": [...]})}
+                    "warnings": [...]}),
+     "prior"? (the token prior behind gfid / bits_per_token: {"path", "spec", "num_classes", "sampling",
+               "samples"})}
 
 Non-finite numbers are written as null. The printed table explains each "—" under it (a codec that cannot make a
 file that small, a metric not requested, a metric that could not run and why).
@@ -106,7 +109,9 @@ def finish_report(report: dict, tokenizer: Any, unavailable: dict[str, str], gri
 
 
 DASH = "—"
-METRIC_COLUMNS = {"psnr": ("PSNR", 2), "ssim": ("SSIM", 3), "lpips": ("LPIPS", 3), "rfid": ("rFID", 2)}
+METRIC_COLUMNS = {"psnr": ("PSNR", 2), "ssim": ("SSIM", 3), "lpips": ("LPIPS", 3), "rfid": ("rFID", 2),
+                  "gfid": ("gFID", 2), "bits_per_token": ("bits/token", 3)}
+UNAVAILABLE_KEYS = {"bits_per_token": "bits"}  # the report key of a column -> its metric name in "unavailable"
 CODEC_COLUMNS = {"jpeg": "JPEG", "webp": "WebP", "thumbnail": "thumbnail"}
 
 
@@ -128,7 +133,7 @@ def _metric_columns(report: dict) -> dict[str, str]:
         measured = any(metric in row for row in rows)
         if measured:
             columns[metric] = ""
-        elif metric in unavailable:
+        elif UNAVAILABLE_KEYS.get(metric, metric) in unavailable:
             columns[metric] = "unavailable (reason below the table)!"
         elif metric in ("psnr", "ssim"):
             columns[metric] = "not requested (not among the metrics asked for)!"
