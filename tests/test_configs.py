@@ -9,7 +9,8 @@ from vartok.data import ImageDataModule
 from vartok.training.module import TokenizerModule
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# configs/prior/ configures vartok-prior (tests/test_prior_training.py); every other config vartok-train
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "prior" not in p.relative_to(ROOT).parts)
 
 
 def fake_shards(tmp_path: Path) -> list[str]:
@@ -43,6 +44,17 @@ def tiny_titok_export(tmp_path: Path) -> Path:
     return Tokenizer.from_config(config).save_pretrained(tmp_path / "titok_export")
 
 
+def tiny_demo_export_and_prior(tmp_path: Path) -> tuple[Path, Path]:
+    """A narrow demo-preset export (32 tokens, 32 px) and a small token prior for its tokens."""
+    from vartok import Tokenizer
+    from vartok.models.prior import TokenPrior, TokenSpec
+
+    tok = Tokenizer.from_preset("demo", width=32, depth=1, heads=2)
+    export = tok.save_pretrained(tmp_path / "demo_export")
+    spec = TokenSpec.from_quantizer(tok.quantizer, tok.num_tokens)
+    return export, TokenPrior(spec, width=32, depth=1, heads=2).save_pretrained(tmp_path / "demo_prior")
+
+
 def test_there_are_configs():
     names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
     assert {"demo.yaml", "imagenet/titok_s128.yaml"} <= names
@@ -56,6 +68,9 @@ def test_config_parses_and_instantiates(config, tmp_path, monkeypatch):
     if "imagenet" in config.parts:
         args += fake_shards(tmp_path)
         args += ["--model.tokenizer", '{"depth": 1, "image_size": 32}', "--data.image_size", "32"]
+    if "posttrain" in config.parts:  # a 32-token export (the recipe's tail drop) and a prior for its tokens
+        export, prior = tiny_demo_export_and_prior(tmp_path)
+        args += ["--model.init_from", str(export), "--model.posttrain.prior", str(prior)]
     if "finetune" in config.parts:  # a fine-tune takes its architecture from the export it starts from
         args += fake_shards(tmp_path) + ["--model.init_from", str(tiny_titok_export(tmp_path)), "--data.image_size",
                                          "32"]

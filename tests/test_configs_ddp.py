@@ -23,7 +23,9 @@ from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.processes import free_port
 
 ROOT = Path(__file__).parents[1]
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+# configs/prior/ configures vartok-prior (tests/test_prior_training.py), not vartok-train
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
+                 if "prior" not in p.relative_to(ROOT).parts)
 STEPS, MID = 6, 3  # 700 samples per rank and epoch at batch 4: 175 steps per epoch, so step 3 is mid-epoch
 TINY_SHAPE = {"image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}  # the recipe's 128 tokens
 
@@ -42,9 +44,13 @@ def environment(tmp_path_factory) -> dict:
     make_random_inception_weights(hub / "weights-inception-2015-12-05-6726825d.pth", photo_crops(8, 48, seed=1))
     torch.save(LPIPS(random_init=True, seed=0).net.state_dict(), hub / "vgg16-397923af.pth")
     export = tiny_titok_export(root / "titok_export")
+    from tests.test_configs import tiny_demo_export_and_prior
+
+    demo_export, demo_prior = tiny_demo_export_and_prior(root)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
                TORCH_HOME=str(root / "torch"), VARTOK_CACHE=str(root / "cache"))
-    return {"root": root, "shards": str(root / "shards"), "env": env, "export": str(export)}
+    return {"root": root, "shards": str(root / "shards"), "env": env, "export": str(export),
+            "demo_export": str(demo_export), "demo_prior": str(demo_prior)}
 
 
 def tiny_titok_export(folder: Path) -> Path:
@@ -61,7 +67,7 @@ def tiny_titok_export(folder: Path) -> Path:
     return Tokenizer.from_config(config).save_pretrained(folder)
 
 
-def overrides(config: str, shards: str, run_dir: Path, export: str) -> list[str]:
+def overrides(config: str, shards: str, run_dir: Path, environment: dict) -> list[str]:
     """Scale a recipe down without editing it: tiny shapes, 32 px, few steps, a checkpoint every 3 steps."""
     args = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_steps", str(STEPS),
             "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps",
@@ -76,7 +82,9 @@ def overrides(config: str, shards: str, run_dir: Path, export: str) -> list[str]
         recipe = yaml.safe_load((ROOT / config).read_text())["model"].get("tokenizer") or {}
         args += ["--model.tokenizer", json.dumps({**recipe, **TINY_SHAPE})]
     elif "finetune" in config:  # the architecture is the export's
-        args += ["--model.init_from", export]
+        args += ["--model.init_from", environment["export"]]
+    elif "posttrain" in config:  # a demo-shaped export and a prior for its tokens
+        args += ["--model.init_from", environment["demo_export"], "--model.posttrain.prior", environment["demo_prior"]]
     else:  # the demo preset is already 32 px; its PCA start reads fewer images (more than N x D = 512 at most)
         args += ["--model.pca_images", "600"]
     if "gan" in config:
@@ -88,7 +96,7 @@ def overrides(config: str, shards: str, run_dir: Path, export: str) -> list[str]
 def train(config: str, environment: dict, run_dir: Path, *extra: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "train.py"), "fit", "--config", config,
-           *overrides(config, environment["shards"], run_dir, environment["export"]), *extra]
+           *overrides(config, environment["shards"], run_dir, environment), *extra]
     done = subprocess.run(cmd, check=False, env=environment["env"], capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
     assert done.returncode == 0, f"{config}: {done.stderr[-4000:]}"

@@ -3,7 +3,8 @@
 A training step reads: forward (encode, quantize, perturb, drop, decode), the objective, the tokenizer's
 update, then — once the GAN has started — the discriminator's, then the EMA. Validation and export use the EMA
 tokenizer. The parts live beside this file: settings (loss weights, optimisation), objective (the loss),
-adversary (the GAN terms), optim (optimizers, schedules, accumulation), ema, pca_start, strategy, callbacks.
+adversary (the GAN terms), optim (optimizers, schedules, accumulation), ema, pca_start, init_from, posttrain
+(decoder post-training on tokens mixed by a token prior), strategy, callbacks.
 
 Counting: `step_count` counts training steps, each one tokenizer optimizer step over
 `optim.accumulate_grad_batches` micro-batches; `trainer.global_step` and `trainer.max_steps` count the same
@@ -48,6 +49,7 @@ from vartok.training.init_from import (
 )
 from vartok.training.objective import Objective
 from vartok.training.pca_start import start_linear_path
+from vartok.training.posttrain import PostTrainConfig, PostTrainer, posttrain_freeze
 from vartok.training.settings import LossWeights, Optimization
 from vartok.training.strategy import check_ddp_with_discriminator, check_strategy
 
@@ -83,6 +85,8 @@ class TokenizerModule(pl.LightningModule):
             resume takes the checkpoint's weights, but reads the folder again, so it must stay in place.
         freeze: parts of the tokenizer that do not train: among encoder, quantizer, decoder (a frozen quantizer
             needs a frozen encoder); [encoder, quantizer] = decoder-only fine-tuning.
+        posttrain: decoder post-training on tokens mixed by a token prior (`training/posttrain.py`); needs
+            init_from, and freezes the encoder and quantizer. None = off.
     """
 
     def __init__(
@@ -101,11 +105,14 @@ class TokenizerModule(pl.LightningModule):
         pca_images: int = 4096,
         init_from: str | None = None,
         freeze: list[str] | None = None,
+        posttrain: PostTrainConfig | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.length_policy = length_policy or LengthPolicy()
         overrides, disc_args = tokenizer_overrides(tokenizer), discriminator_args(discriminator)
+        if posttrain is not None:  # before anything is read
+            freeze = posttrain_freeze(init_from, freeze, perturbation)
         self.frozen_parts = check_freeze(freeze)
         self.init_from = None if init_from is None else str(init_from)
         export = read_export(init_from) if init_from is not None else None
@@ -119,6 +126,8 @@ class TokenizerModule(pl.LightningModule):
         if export is not None:  # before the EMA copy, so that it starts from the same weights
             load_export_weights(self.tokenizer, export, init_from, overrides)
         freeze_parts(self.tokenizer, self.frozen_parts)
+        # A plain attribute, not a submodule: the prior is never in the EMA, the export, a checkpoint or DDP.
+        self.posttrain = PostTrainer(posttrain, self.tokenizer, self.init_from) if posttrain is not None else None
         self.loss_weights, self.optim = loss or LossWeights(), optim or Optimization()
         self.ema = EMA(self.tokenizer, self.optim.ema_decay)
         # After the EMA copy, so that neither the EMA nor the export carries the hook.
@@ -149,6 +158,7 @@ class TokenizerModule(pl.LightningModule):
             "lpips_random_init": lpips_random_init,
             "perturbation": asdict(perturbation) if perturbation is not None else None, "pca_images": pca_images,
             "init_from": self.init_from, "freeze": list(self.frozen_parts),
+            "posttrain": asdict(posttrain) if posttrain is not None else None,
         })
 
     # ------------------------------------------------------------------ setup
@@ -175,6 +185,8 @@ class TokenizerModule(pl.LightningModule):
             start_linear_path(self, self.pca_images)
         if self.init_from is not None and self.step_count == 0:
             rank_zero_info(f"the tokenizer and its EMA start from the export {self.init_from}")
+        if self.posttrain is not None:
+            rank_zero_info(self.posttrain.describe(self.init_from))
         frozen = sum(p.numel() for p in self.tokenizer.parameters() if not p.requires_grad)
         rank_zero_info(parameter_line(self.parameter_counts(), frozen, self.frozen_parts))
 
@@ -215,7 +227,8 @@ class TokenizerModule(pl.LightningModule):
         step, seed = self.step_count, self.step_seed()
         try:
             with step_randomness(seed, images.device) as generator:
-                out = self.tokenizer(images, step=step, generator=generator)
+                out = self.tokenizer(images, step=step, generator=generator) if self.posttrain is None \
+                    else self.posttrain(self.tokenizer, images, step, seed, generator)
         except NonFiniteError as err:
             raise NonFiniteError(f"training step {step}: {err}") from None
         loss, terms = self.objective(images, out, step, self.discriminator, self.tokenizer.decoder.last_layer)
@@ -252,6 +265,8 @@ class TokenizerModule(pl.LightningModule):
         if hook is not None:
             logs.update({"train/perturb_error_rate": hook.last_error_rate, "train/perturb_alpha": hook.last_alpha,
                          "train/perturb_delta": float(hook.last_delta)})
+        if self.posttrain is not None:
+            logs["train/post_kept"] = self.posttrain.last_kept
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
 
