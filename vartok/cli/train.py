@@ -179,33 +179,42 @@ def note_earlier_checkpoints(trainer: Trainer) -> None:
                            "run instead, pass --ckpt_path last, or use another --trainer.default_root_dir")
 
 
-def main(args: list[str] | None = None) -> None:
+def run_cli(command: str, cli_class: type, module_class: type, args: list[str] | None,
+            end_process_group: bool) -> None:
+    """Run a LightningCLI command over `module_class` and ImageDataModule: a user mistake is one sentence on
+    stderr (`<command>: error: ...`) and exit status 2.
+
+    Args:
+        command: the command's name, for the message.
+        cli_class: VartokCLI or a subclass; module_class: the LightningModule it builds.
+        args: the arguments (None: sys.argv).
+        end_process_group: end the distributed process group before returning. The commands do: left to the
+            interpreter's shutdown, gloo's threads can abort the process ("terminate called without an active
+            exception", exit code -6) after a successful run, and the job would count as failed. Python callers
+            keep their process group.
+    """
+    import torch.distributed as dist
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        VartokCLI(
-            TokenizerModule,
-            ImageDataModule,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        cli_class(module_class, ImageDataModule, seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                  args=args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"vartok-train: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        if end_process_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(args: list[str] | None = None) -> None:
+    """vartok-train for Python callers (their process group is kept)."""
+    run_cli("vartok-train", VartokCLI, TokenizerModule, args, end_process_group=False)
 
 
 def cli() -> None:
-    """The `vartok-train` command (and `python train.py`): `main`, then the distributed process group is ended
-    before the interpreter exits. Left to the interpreter's shutdown, gloo's threads can abort the process
-    ("terminate called without an active exception", exit code -6) after a successful run, and the job would
-    count as failed. Python callers of `main` keep their process group."""
-    import torch.distributed as dist
-
-    try:
-        main()
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    """The `vartok-train` command (and `python train.py`)."""
+    run_cli("vartok-train", VartokCLI, TokenizerModule, None, end_process_group=True)
 
 
 if __name__ == "__main__":
