@@ -269,3 +269,23 @@ def test_labelled_grid_draws_each_label_beside_its_row() -> None:
     assert inked[0] > inked[1] > 0 and inked[2] == 0  # the longer label has more ink; an empty label none
     with pytest.raises(ValueError, match="one label per row"):
         labelled_grid(rows, ["original"])
+
+
+def test_training_progress_is_plain_lines_when_output_goes_to_a_log_file(tmp_path, capsys, monkeypatch) -> None:
+    """Under pytest stdout is not a terminal, as with `vartok-train ... > run.log`: the step bar then writes
+    plain lines (every VARTOK_PROGRESS_SECONDS; 0 here: every step after the first)."""
+    import pytorch_lightning as pl
+
+    from tests.fixtures.photo_shards import photo_shards
+    from tests.fixtures.resume_fit import tiny_data, tiny_module
+    from vartok.cli.logs import StepProgressBar
+
+    monkeypatch.setenv("VARTOK_PROGRESS_SECONDS", "0")
+    shards = photo_shards(tmp_path / "shards", count=32, size=16)
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=4, accelerator="cpu", devices=1, logger=False,
+                         limit_val_batches=0, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[StepProgressBar()])
+    trainer.fit(tiny_module(), datamodule=tiny_data(shards))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(",")[0] for line in lines] == ["step 2/4 (50 %)", "step 3/4 (75 %)", "step 4/4 (100 %)"]
+    assert all("steps/s" in line and "loss" in line for line in lines)
