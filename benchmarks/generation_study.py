@@ -8,8 +8,9 @@ rFID / pFID / gFID before and after. Prints one JSON object (progress on stderr)
 
 (docs/generation.md gives the exact commands behind its figures, shortened schedules included).
 
-For each arm RUN it trains the prior (`vartok-prior fit --config configs/prior/demo.yaml`, into RUN_prior) and
-post-trains the decoder (`vartok-train fit --config configs/posttrain/demo.yaml`, into RUN_post) unless those
+For each arm RUN it trains the prior (`vartok-prior fit --config configs/prior/demo.yaml`, into RUN_prior),
+post-trains the decoder (`vartok-train fit --config configs/posttrain/demo.yaml`, into RUN_post) and, as the
+control, trains the decoder for the same steps on clean tokens (keep_prob 1, into RUN_control), unless those
 folders already hold their exports. Without --inception-weights the FID network is a randomly initialised
 Inception-v3 (batch norms calibrated on the demo crops, as benchmarks/robustness.py), `--networks` of them:
 FID figures compare models within this run only. Each network draws its own gFID samples (seed = network
@@ -53,23 +54,30 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"{cmd[0]} failed (exit {done.returncode}); the end of {log}:\n{log.read_text()[-3000:]}")
 
 
-def prepare(run_dir: Path, prior_steps: int | None, post_steps: int | None) -> tuple[Path, Path, Path]:
-    """(export, prior, post-trained export) of one arm, training what is missing."""
-    export, prior_dir, post_dir = run_dir / "export", Path(f"{run_dir}_prior"), Path(f"{run_dir}_post")
-    bin_dir = Path(sys.executable).parent
+def prepare_prior(run_dir: Path, prior_steps: int | None) -> Path:
+    """The arm's prior (RUN_prior/prior), trained when missing."""
+    export, prior_dir = run_dir / "export", Path(f"{run_dir}_prior")
     if not (prior_dir / "prior" / "config.json").is_file():
-        cmd = [str(bin_dir / "vartok-prior"), "fit", "--config", "configs/prior/demo.yaml", "--model.tokenizer",
-               str(export), "--trainer.default_root_dir", str(prior_dir)]
+        cmd = [str(Path(sys.executable).parent / "vartok-prior"), "fit", "--config", "configs/prior/demo.yaml",
+               "--model.tokenizer", str(export), "--trainer.default_root_dir", str(prior_dir)]
         run(cmd + (["--trainer.max_steps", str(prior_steps)] if prior_steps else []), Path(f"{prior_dir}.log"))
-    if not (post_dir / "export" / "config.json").is_file():
+    return prior_dir / "prior"
+
+
+def prepare_decoder(run_dir: Path, prior: Path, keep_prob: float, suffix: str, post_steps: int | None) -> Path:
+    """The arm's decoder post-trained with `keep_prob` (RUN_<suffix>/export), trained when missing. keep_prob 1 is
+    the control: the same steps of decoder-only training on the clean tokens."""
+    out = Path(f"{run_dir}_{suffix}")
+    if not (out / "export" / "config.json").is_file():
+        bin_dir = Path(sys.executable).parent
         cmd = [str(bin_dir / "vartok-train"), "fit", "--config", "configs/posttrain/demo.yaml", "--model.init_from",
-               str(export), "--model.posttrain.prior", str(prior_dir / "prior"), "--trainer.default_root_dir",
-               str(post_dir), "--skip_report", "true"]
-        run(cmd + (["--trainer.max_steps", str(post_steps)] if post_steps else []), Path(f"{post_dir}.log"))
-        [last] = post_dir.rglob("last.ckpt")  # --skip_report: the EMA tokenizer is exported here
-        run([str(bin_dir / "vartok-export"), "--checkpoint", str(last), "--out", str(post_dir / "export")],
-            Path(f"{post_dir}_export.log"))
-    return export, prior_dir / "prior", post_dir / "export"
+               str(run_dir / "export"), "--model.posttrain.prior", str(prior), "--model.posttrain.keep_prob",
+               str(keep_prob), "--trainer.default_root_dir", str(out), "--skip_report", "true"]
+        run(cmd + (["--trainer.max_steps", str(post_steps)] if post_steps else []), Path(f"{out}.log"))
+        [last] = out.rglob("last.ckpt")  # --skip_report: the EMA tokenizer is exported here
+        run([str(bin_dir / "vartok-export"), "--checkpoint", str(last), "--out", str(out / "export")],
+            Path(f"{out}_export.log"))
+    return out / "export"
 
 
 def measure(export: Path, prior_path: Path, data: list[dict], networks: list, feature: int, alphas: list[float],
@@ -106,6 +114,10 @@ def main() -> None:
     parser.add_argument("--delta", type=int, default=16)
     parser.add_argument("--prior-steps", type=int, default=None, help="override the prior recipe's max_steps")
     parser.add_argument("--post-steps", type=int, default=None, help="override the post-training recipe's max_steps")
+    parser.add_argument("--keep-prob", type=float, default=0.7, help="post-training's share of true tokens")
+    parser.add_argument("--stages", default="before,after_posttraining,control",
+                        help="what to measure: before (the tokenizer), after_posttraining, control (the same "
+                             "decoder training with keep_prob 1: continued training on clean tokens)")
     args = parser.parse_args()
     arms = dict(arm.split("=", 1) for arm in args.arm)
     torch.manual_seed(0)
@@ -120,12 +132,19 @@ def main() -> None:
                                   "alphas": alphas, "delta": args.delta, "pfid_seeds": list(PFID_SEEDS),
                                   "spread": "mean, sd and values over the random feature networks (gFID: each "
                                             "network with its own sampling seed)"}}
+    stages = args.stages.split(",")
     for name, run_dir in arms.items():
-        export, prior, post = prepare(Path(run_dir), args.prior_steps, args.post_steps)
-        results[name] = {"export": str(export), "prior": str(prior),
-                         "before": measure(export, prior, data, networks, args.feature, alphas, args.delta),
-                         "after_posttraining": measure(post, prior, data, networks, args.feature, alphas,
-                                                       args.delta)}
+        run_dir = Path(run_dir)
+        prior = prepare_prior(run_dir, args.prior_steps)
+        exports = {"before": run_dir / "export"}
+        if "after_posttraining" in stages:
+            exports["after_posttraining"] = prepare_decoder(run_dir, prior, args.keep_prob, "post", args.post_steps)
+        if "control" in stages:  # the same decoder training without the prior's tokens
+            exports["control"] = prepare_decoder(run_dir, prior, 1.0, "control", args.post_steps)
+        results[name] = {"export": str(run_dir / "export"), "prior": str(prior)}
+        for stage, export in exports.items():
+            if stage in stages:
+                results[name][stage] = measure(export, prior, data, networks, args.feature, alphas, args.delta)
         print(json.dumps(results[name]), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
 
