@@ -31,7 +31,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from vartok.models.pixel_decoder import PixelDecoder, PixelDecoderArgs
-from vartok.models.vit import check_geometry
+from vartok.models.vit import check_geometry, hide_tail
 
 
 def _init(module: nn.Module) -> None:
@@ -158,18 +158,10 @@ class TiTokDecoder(nn.Module):
 
     def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:
         batch, k, _ = codes.shape
-        tokens = self.decoder_embed(codes)  # (B, k, W)
+        tokens, _, padded = hide_tail(self.decoder_embed(codes), keep_len, fill, self.drop_token)  # (B, k, W)
         attn_mask = None
-        if keep_len is not None:
-            real = torch.arange(k, device=codes.device) < keep_len[:, None]  # (B, k)
-            if fill == "mask_token":
-                if self.drop_token is None:
-                    raise ValueError("fill='mask_token' needs a decoder built with drop_token=True (a tokenizer "
-                                     "trained with nested dropout: decode_fill 'mask_token')")
-                tokens = torch.where(real[..., None], tokens, self.drop_token.to(tokens.dtype))
-            else:
-                queries_real = real.new_ones(batch, 1 + self.grid**2)
-                attn_mask = torch.cat([queries_real, real], dim=1)[:, None, None, :]  # (B, 1, 1, 1+P+k)
+        if padded is not None:
+            attn_mask = torch.cat([padded.new_ones(batch, 1 + self.grid**2), padded], dim=1)[:, None, None, :]
         queries = self.mask_token.expand(batch, self.grid**2, -1).to(tokens.dtype)  # (B, P, W)
         queries = torch.cat([self.class_embedding.expand(batch, -1, -1).to(tokens.dtype), queries], dim=1)
         queries = queries + self.positional_embedding.to(tokens.dtype)

@@ -80,6 +80,30 @@ def shortcut_weights(init: str, num_tokens: int, grid: int) -> tuple[Tensor, Ten
     raise ValueError(f"shortcut_init must be 'random' or 'pyramid', got {init!r}")
 
 
+def hide_tail(tokens: Tensor, keep_len: Tensor | None, fill: str,
+              drop_token: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The decoders' treatment of the tokens past each sample's length.
+
+    Args:
+        tokens: (B, k, W) embedded tokens.
+        keep_len: (B,) per-sample lengths, or None (every token is real).
+        fill: "mask_token" (positions >= keep_len take the learned drop token) or "pad" (they are excluded from
+            attention by a key-padding mask, which equals truncating the sample).
+        drop_token: (W,) the decoder's drop token, or None for a decoder built without one.
+    Returns:
+        (tokens, real (B, k) bool or None, padded: `real` when fill is "pad" (the keys the mask keeps), else None).
+    """
+    if keep_len is None:
+        return tokens, None, None
+    real = torch.arange(tokens.shape[1], device=tokens.device) < keep_len[:, None]  # (B, k)
+    if fill != "mask_token":
+        return tokens, real, real
+    if drop_token is None:
+        raise ValueError("fill='mask_token' needs a decoder built with drop_token=True (a tokenizer trained with "
+                         "nested dropout: decode_fill 'mask_token')")
+    return torch.where(real[..., None], tokens, drop_token.to(tokens.dtype)), real, None
+
+
 def _init_fan_in(layer: nn.Linear) -> None:
     """std 1/sqrt(fan-in): unit-variance outputs for unit-variance inputs."""
     nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
@@ -255,18 +279,10 @@ class Decoder(nn.Module):
     def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:
         """codes (B, k, D) -> images (B, 3, H, W) in [-1, 1] (unclamped)."""
         batch, k, _ = codes.shape
-        tokens = self.token_embed(codes)  # (B, k, W)
-        attn_mask, real = None, None
-        if keep_len is not None:
-            real = torch.arange(k, device=codes.device) < keep_len[:, None]  # (B, k)
-            if fill == "mask_token":
-                if self.drop_token is None:
-                    raise ValueError("fill='mask_token' needs a decoder built with drop_token=True (a tokenizer "
-                                     "trained with nested dropout: decode_fill 'mask_token')")
-                tokens = torch.where(real[..., None], tokens, self.drop_token.to(tokens.dtype))
-            else:
-                patches_real = real.new_ones(batch, self.grid**2)
-                attn_mask = torch.cat([real, patches_real], dim=1)[:, None, None, :]  # (B, 1, 1, k+P)
+        tokens, real, padded = hide_tail(self.token_embed(codes), keep_len, fill, self.drop_token)  # (B, k, W)
+        attn_mask = None
+        if padded is not None:
+            attn_mask = torch.cat([padded, padded.new_ones(batch, self.grid**2)], dim=1)[:, None, None, :]  # (B,1,1,k+P)
         queries = (self.mask_token + self.pos_embed).expand(batch, -1, -1).to(tokens.dtype)  # (B, P, W)
         if self.latent_to_patch is not None:
             mixed = tokens if real is None else tokens * real[..., None].to(tokens.dtype)  # padding adds 0
