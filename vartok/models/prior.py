@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vartok.models.arguments import check_keys
+from vartok.models.export_folder import folder_files, save_folder
 from vartok.models.prior_heads import CausalBlock, TokenCodec, check_generation, check_indices, check_labels
 from vartok.models.quantizers.binary import MAX_INDEX_BITS
 
-CONFIG_FILE, WEIGHTS_FILE, FORMAT, VERSION = "config.json", "model.safetensors", "vartok-prior", 1
+FORMAT, VERSION = "vartok-prior", 1
 KINDS = ("categorical", "grouped", "bits")
 QUANTIZER_KINDS = {"vq": "categorical", "fsq": "categorical", "titok_vq": "categorical", "gq": "grouped",
                    "lfq": "bits", "bsq": "bits"}
@@ -317,26 +318,16 @@ class TokenPrior(nn.Module):
             directory: the export folder (created if needed).
             source: what the prior was trained on (e.g. the tokenizer export), recorded in config.json.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "version": VERSION, "spec": self.spec.to_dict(), **self.config}
         source = self.source if source is None else source
         if source is not None:
             meta["source"] = source
-        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory
+        return save_folder(self, directory, meta, FORMAT)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TokenPrior:
         """Load a prior export folder (config.json + model.safetensors), with one sentence for a bad folder."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not directory.is_dir():
-            raise FileNotFoundError(f"prior folder {directory} does not exist")
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: a prior export folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+        config_path, weights_path = folder_files(directory, "prior", "a prior export folder")
         try:
             meta = json.loads(config_path.read_text())
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from vartok.models.export_folder import CONFIG_FILE, WEIGHTS_FILE, folder_files, save_folder  # noqa: F401 (the names loading.py and init_from.py import from here)
 from vartok.models.linear_path import PCA_SPREAD, pca_init
 from vartok.models.pixel_decoder import PixelDecoderArgs
 from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
@@ -32,7 +33,7 @@ from vartok.models.vit import Decoder, Encoder
 from vartok.tokenizers.config import TokenizerConfig, preset_config
 from vartok.tokenizers.length import LengthPolicy, check_length
 
-CONFIG_FILE, WEIGHTS_FILE, FORMAT = "config.json", "model.safetensors", "vartok-tokenizer"
+FORMAT = "vartok-tokenizer"
 OVERSHOOT = 0.1  # images at most this far outside [0, 1] are named as resampling overshoot, not a wrong scale
 
 
@@ -345,25 +346,15 @@ class Tokenizer(nn.Module):
         """
         if self.config is None:
             raise ValueError("save_pretrained needs a tokenizer built from a TokenizerConfig (from_config/from_preset)")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "version": 1, "tokenizer": self.config.to_dict()}
         if source is not None:
             meta["source"] = source
-        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory
+        return save_folder(self, directory, meta, FORMAT)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:
         """Load an export folder (config.json + model.safetensors), with a clear error for a bad folder."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not directory.is_dir():
-            raise FileNotFoundError(f"tokenizer folder {directory} does not exist")
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: an export folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+        config_path, weights_path = folder_files(directory, "tokenizer", "an export folder")
         try:
             meta = json.loads(config_path.read_text())
             if meta.get("format") != FORMAT:
