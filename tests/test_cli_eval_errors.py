@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.models.vgg import cfgs, make_layers
 
 import vartok.tokenizers
+from tests.fixtures import commands
 from tests.fixtures.doubles import ThumbnailTokenizer, photo_crops
 from vartok.cli.evaluate import main
 from vartok.cli.export import main as export_main
@@ -68,12 +69,7 @@ def stand_in(monkeypatch, tmp_path) -> list:
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return commands.run_main(main, capsys, *argv)
 
 
 def quick(out: Path, data: str, *extra: str) -> list[str]:
@@ -233,12 +229,8 @@ def test_target_reports_how_many_images_meet_it(stand_in, tmp_path, capsys) -> N
 
 # ----------------------------------------------------------------------------------------------- 7. vartok-export
 def export_cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        export_main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
+    code, _, err = commands.run_main(export_main, capsys, *argv)
+    return code, err
 
 
 def test_export_of_an_export_folder_says_it_is_already_one(tmp_path, capsys) -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from tests.fixtures import commands
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.resume_fit import tiny_data_settings
 from vartok.cli.train import main
@@ -50,12 +51,7 @@ def write_config(tmp_path: Path, shards: list[str], **sections: dict) -> Path:
 
 def run(capfd, *args: str) -> tuple[int, str, str]:
     """main(args) → (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capfd.readouterr()
+    code, out, err = commands.run_main(main, capfd, *args)
     print(f"vartok-train {' '.join(args)} -> {code}\n{err[-600:]}")  # shown with -s or on a failure
     return code, out, err
 
@@ -63,11 +59,8 @@ def run(capfd, *args: str) -> tuple[int, str, str]:
 def assert_one_sentence(code: int, out: str, err: str, *parts: str) -> None:
     """Exit 2, one `vartok-train: error:` line naming every part, and no step (the module's parameter count is
     printed at the start of the first step's fit, after the PCA)."""
-    lines = [line for line in err.splitlines() if line.startswith("vartok-train: error:")]
-    assert code == 2 and len(lines) == 1, (code, err[-2000:])
-    assert "Traceback" not in err and "parameters" not in out + err
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
+    commands.assert_one_sentence("vartok-train", code, err, *parts)
+    assert "parameters" not in out + err
 
 
 def empty_tar(path: Path, members: dict[str, bytes] | None = None) -> str:
@@ -159,11 +152,9 @@ def test_resuming_another_architecture_names_the_fields(shards, tmp_path, capfd)
     assert saved["hyper_parameters"]["tokenizer"] == {"num_tokens": 8}
     code, _out, err = run(capfd, "fit", "--config", config, "--trainer.max_steps", "4", "--ckpt_path", "last",
                          "--model.tokenizer.latent_attention", "prefix_causal")
-    lines = [line for line in err.splitlines() if line.startswith("vartok-train: error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    for part in (str(last), "tokenizer.latent_attention 'full' in the checkpoint, 'prefix_causal' requested",
-                 "--model.tokenizer.latent_attention full", "without --ckpt_path"):
-        assert part in lines[0], (part, lines[0])
+    commands.assert_one_sentence("vartok-train", code, err, str(last),
+                                 "tokenizer.latent_attention 'full' in the checkpoint, 'prefix_causal' requested",
+                                 "--model.tokenizer.latent_attention full", "without --ckpt_path")
     assert torch.load(last, weights_only=True)["global_step"] == 2  # nothing trained
 
 

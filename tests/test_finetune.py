@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from tests.fixtures import commands
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.processes import free_port, state_hash
 from tests.fixtures.resume_fit import every_step, tiny_data, tiny_data_settings, tiny_trainer, weights
@@ -274,12 +275,7 @@ def cli(capfd, caplog, monkeypatch, *args: str) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["vartok-train"])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-    out, err = capfd.readouterr()
+        code, out, err = commands.run_main(main, capfd, *args)
     return code, out + err + "\n".join(record.getMessage() for record in caplog.records)
 
 
@@ -308,9 +304,8 @@ def test_the_command_line_refuses_a_mismatching_preset_in_one_sentence(export, s
                                                                        caplog, monkeypatch) -> None:
     config = cli_config(tmp_path, shards, export, preset="demo_tiny")
     code, text = cli(capfd, caplog, monkeypatch, "fit", "--config", str(config))
-    lines = [line for line in text.splitlines() if line.startswith("vartok-train: error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in text, text[-3000:]
-    assert f"model.init_from {export / 'config.json'} has num_tokens 8 but the run has 4" in lines[0]
+    commands.assert_one_sentence("vartok-train", code, text,
+                                 f"model.init_from {export / 'config.json'} has num_tokens 8 but the run has 4")
 
 
 # ---------------------------------------------------------------- slow: 2 processes (torchrun)

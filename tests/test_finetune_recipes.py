@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures import commands
 from tests.fixtures.photo_shards import photo_shards
 from tests.test_titok_parity import released_checkpoint
 from vartok import Tokenizer
@@ -44,12 +45,8 @@ def fit(recipe: str, export: Path, shards: list[str], run: Path, capfd, caplog, 
             "--report_images", "2", "--report_metrics", "[psnr]", *extra]
     monkeypatch.setattr(sys, "argv", ["vartok-train"])
     with caplog.at_level(logging.INFO):
-        try:
-            main(args)
-        except SystemExit as stop:
-            out, err = capfd.readouterr()
-            raise AssertionError(f"exit {stop.code}: {(out + err)[-3000:]}") from None
-    out, err = capfd.readouterr()
+        code, out, err = commands.run_main(main, capfd, *args)
+    assert code == 0, f"exit {code}: {(out + err)[-3000:]}"
     return out + err + "\n".join(r.getMessage() for r in caplog.records)
 
 

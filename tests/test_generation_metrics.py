@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import vartok.metrics.networks
+from tests.fixtures import commands
 from tests.fixtures.doubles import TinyFeatureNet, photo_crops
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.processes import assert_tree_close, free_port
@@ -229,11 +230,8 @@ def eval_cli(exports: dict, out: Path, capsys, *extra: str, data: str | None = N
     argv = ["--checkpoint", str(exports["root"] / tokenizer), "--data", data or exports["shard"], "--out", str(out),
             "--lengths", "1,4", "--no-baselines", "--device", "cpu", "--grid-images", "0",
             "--inception-weights", str(exports["root"] / "inception.pth"), *extra]
-    try:
-        code = eval_main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
+    code, _, err = commands.run_main(eval_main, capsys, *argv)
+    return code, err
 
 
 def test_cli_writes_gfid_bits_and_the_prior_section(exports, tmp_path, monkeypatch, capsys) -> None:

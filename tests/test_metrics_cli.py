@@ -12,6 +12,7 @@ import torch
 
 import vartok.data
 import vartok.tokenizers
+from tests.fixtures import commands
 from tests.fixtures.doubles import ThumbnailTokenizer, photo_crops
 from vartok.cli.evaluate import main
 from vartok.pixels import psnr_per_image
@@ -71,10 +72,7 @@ def test_cli_writes_report_and_lists_unavailable(stand_ins, tmp_path, capsys) ->
 ])
 def test_cli_user_mistakes_are_one_line(stand_ins, tmp_path, capsys, argv, message) -> None:
     base = ["--checkpoint", "ckpt", "--data", "x", "--out", str(tmp_path / "o")]
-    try:
-        code = main(base + argv)
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
+    code = commands.exit_status(main, base + argv)
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from tests.fixtures import commands
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.resume_fit import every_step, tiny_data, tiny_data_settings, tiny_trainer, weights
 from vartok.models.prior import TokenPrior, TokenSpec
@@ -273,12 +274,8 @@ def run_cli(capfd, monkeypatch, *args: str) -> tuple[int, str]:
     from vartok.cli.train import main
 
     monkeypatch.setattr(sys, "argv", ["vartok-train"])
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capfd.readouterr().err
+    code, _, err = commands.run_main(main, capfd, *args)
+    return code, err
 
 
 def test_the_demo_recipe_runs_from_the_command_line(exports, shards, tmp_path, capfd, monkeypatch) -> None:

@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from tests.fixtures import commands
 from tests.fixtures.photo_shards import photo_shards
 from tests.fixtures.processes import free_port, state_hash
 from vartok.cli.prior import main
@@ -197,20 +198,11 @@ def command(monkeypatch) -> None:
 
 def run(capfd, *args: str) -> tuple[int, str, str]:
     """main(args) -> (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capfd.readouterr()
-    return code, out, err
+    return commands.run_main(main, capfd, *args)
 
 
 def one_sentence(code: int, err: str, *parts: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("vartok-prior: error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err[-2000:])
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
+    commands.assert_one_sentence("vartok-prior", code, err, *parts)
 
 
 @pytest.mark.timeout(60)

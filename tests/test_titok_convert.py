@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.fixtures import commands
 from tests.test_titok_parity import released_checkpoint
 from vartok import Tokenizer
 from vartok.cli.convert import main as convert_main
@@ -26,13 +27,7 @@ def released(tmp_path) -> Path:
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        convert_main(["titok", *args])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return commands.run_main(convert_main, capsys, "titok", *args)
 
 
 def refused(capsys, *args: str) -> str:
