@@ -22,7 +22,9 @@ from vartok.cli.convert import main as convert_main
 from vartok.convert.titok import convert_titok
 
 FIXTURES = Path(__file__).parent / "fixtures" / "titok_parity"
-TOLERANCE = 1e-5
+# float32: the reference's own rounding differs by CPU kernel (0 on one machine, 1.7e-5 through the two-stage
+# VQGAN decoder on another); a wrong operation differs by far more, and the float64 check below is the tight one
+TOLERANCE = 1e-4
 
 
 def released_checkpoint(variant: str, folder: Path, weights_format: str = "bin") -> tuple[dict, dict]:

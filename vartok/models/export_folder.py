@@ -1,5 +1,5 @@
 """The export folder every vartok model is saved as: config.json (a format tag, a version and the settings) beside
-model.safetensors. Writing it and the checks before reading it, shared by the tokenizer and the token prior."""
+model.safetensors. Writing it, and reading it back with every check, shared by the tokenizer and the token prior."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -37,3 +38,32 @@ def folder_files(directory: str | Path, noun: str, holder: str) -> tuple[Path, P
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {holder} holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     return config_path, weights_path
+
+
+def read_config(config_path: Path, fmt: str) -> dict[str, Any]:
+    """config.json's settings: ValueError (JSONDecodeError is one) unless it is a JSON object tagged `fmt`."""
+    meta = json.loads(config_path.read_text())
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"'format' is {found!r}, expected {fmt!r}")
+    return meta
+
+
+def load_weights(module: nn.Module, weights_path: Path, config_path: Path, map_location: str | Any,
+                 strict: bool = True) -> None:
+    """Load model.safetensors into `module` (built from config.json), or ValueError in one sentence naming the
+    missing, unexpected (when `strict`) and wrongly shaped keys; with strict False, keys the module lacks are
+    ignored."""
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected)) if strict else []
+    bad_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
+    if missing or unexpected or bad_shape:
+        extra = f"unexpected {unexpected[:5]}, " if strict else ""
+        raise ValueError(f"{weights_path} does not match {config_path}: missing {missing[:5]}, {extra}"
+                         f"wrong shape {bad_shape[:5]}")
+    module.load_state_dict(state, strict=strict)

@@ -10,19 +10,16 @@ runs one new position through the blocks. Shapes: B batch, k prefix length, G gr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vartok.models.arguments import check_keys
-from vartok.models.export_folder import folder_files, save_folder
+from vartok.models.export_folder import folder_files, load_weights, read_config, save_folder
 from vartok.models.prior_heads import CausalBlock, TokenCodec, check_generation, check_indices, check_labels
 from vartok.models.quantizers.binary import MAX_INDEX_BITS
 
@@ -329,10 +326,7 @@ class TokenPrior(nn.Module):
         """Load a prior export folder (config.json + model.safetensors), with one sentence for a bad folder."""
         config_path, weights_path = folder_files(directory, "prior", "a prior export folder")
         try:
-            meta = json.loads(config_path.read_text())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                found = meta.get("format") if isinstance(meta, dict) else meta
-                raise ValueError(f"'format' is {found!r}, expected {FORMAT!r}")
+            meta = read_config(config_path, FORMAT)
             if meta.get("version") != VERSION:
                 raise ValueError(f"'version' is {meta.get('version')!r}; this vartok reads version {VERSION}")
             settings = {key: meta[key] for key in ("width", "depth", "heads", "num_classes", "mlp_ratio")}
@@ -340,17 +334,5 @@ class TokenPrior(nn.Module):
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{config_path} is not a valid vartok prior config: {err}") from None
         prior.source = meta.get("source")
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
-        expected = prior.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        bad_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
-        if missing or unexpected or bad_shape:
-            raise ValueError(
-                f"{weights_path} does not match {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"wrong shape {bad_shape[:5]}"
-            )
-        prior.load_state_dict(state)
+        load_weights(prior, weights_path, config_path, map_location)
         return prior.to(map_location).eval()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from vartok.models.export_folder import CONFIG_FILE, WEIGHTS_FILE
 from vartok.tokenizers.config import TokenizerConfig
-from vartok.tokenizers.tokenizer import CONFIG_FILE, WEIGHTS_FILE, Tokenizer
+from vartok.tokenizers.tokenizer import Tokenizer
 
 
 def is_export_folder(path: str | Path) -> bool:

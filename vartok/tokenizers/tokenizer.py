@@ -14,17 +14,14 @@ model.safetensors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vartok.models.export_folder import CONFIG_FILE, WEIGHTS_FILE, folder_files, save_folder  # noqa: F401 (the names loading.py and init_from.py import from here)
+from vartok.models.export_folder import folder_files, load_weights, read_config, save_folder
 from vartok.models.linear_path import PCA_SPREAD, pca_init
 from vartok.models.pixel_decoder import PixelDecoderArgs
 from vartok.models.quantizers import Quantizer, QuantizerOutput, build_quantizer
@@ -356,23 +353,10 @@ class Tokenizer(nn.Module):
         """Load an export folder (config.json + model.safetensors), with a clear error for a bad folder."""
         config_path, weights_path = folder_files(directory, "tokenizer", "an export folder")
         try:
-            meta = json.loads(config_path.read_text())
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+            meta = read_config(config_path, FORMAT)
             config = TokenizerConfig.from_dict(meta["tokenizer"])
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{config_path} is not a valid vartok tokenizer config: {err}") from None
         tokenizer = cls.from_config(config)
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
-        expected = tokenizer.state_dict()
-        missing = sorted(set(expected) - set(state))
-        bad_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
-        if missing or bad_shape:
-            raise ValueError(
-                f"{weights_path} does not match {config_path}: missing {missing[:5]}, wrong shape {bad_shape[:5]}"
-            )
-        tokenizer.load_state_dict(state, strict=False)
+        load_weights(tokenizer, weights_path, config_path, map_location, strict=False)
         return tokenizer.eval()

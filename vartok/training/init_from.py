@@ -19,8 +19,9 @@ from typing import Any
 
 from torch import nn
 
+from vartok.models.export_folder import CONFIG_FILE, WEIGHTS_FILE
 from vartok.tokenizers.config import TokenizerConfig, preset_config
-from vartok.tokenizers.tokenizer import CONFIG_FILE, WEIGHTS_FILE, Tokenizer
+from vartok.tokenizers.tokenizer import Tokenizer
 
 PARTS = ("encoder", "quantizer", "decoder")
 # quantizer_args that steer training only (the DDP all-reduce of statistics), never the weights: a run may set
