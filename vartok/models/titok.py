@@ -31,18 +31,12 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from vartok.models.pixel_decoder import PixelDecoder, PixelDecoderArgs
-from vartok.models.vit import check_geometry, hide_tail
+from vartok.models.vit import check_geometry, hide_tail, trunc_normal_init
 
 
 def _init(module: nn.Module) -> None:
-    """The released models' initialisation: truncated normal (std 0.02) weights, zero biases, unit norms."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    """The released models' initialisation: the ViT one, the convolutions included."""
+    trunc_normal_init(module, layers=(nn.Linear, nn.Conv2d))
 
 
 def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:

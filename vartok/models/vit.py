@@ -109,8 +109,10 @@ def _init_fan_in(layer: nn.Linear) -> None:
     nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
 
 
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
+def trunc_normal_init(module: nn.Module, layers: tuple[type[nn.Module], ...] = (nn.Linear,)) -> None:
+    """ViT initialisation, for `module.apply`: truncated normal (std 0.02) weights and zero biases for the `layers`
+    types, unit LayerNorms."""
+    if isinstance(module, layers):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -174,7 +176,7 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, token_dim)
         self.linear_path = LinearEncoderPath(image_size, num_tokens, token_dim) if global_linear else None
-        self.apply(_init_linear)
+        self.apply(trunc_normal_init)
         # Unit-variance interfaces: image content enters the residual stream at the scale of the (std 1)
         # position embeddings, and the latents leave it spread over the quantizer's range (+1 dB on the demo).
         _init_fan_in(self.patch_embed)
@@ -273,7 +275,7 @@ class Decoder(nn.Module):
             if conv_channels else None
         )
         self.linear_path = LinearDecoderPath(image_size, num_tokens, token_dim) if global_linear else None
-        self.apply(_init_linear)
+        self.apply(trunc_normal_init)
         _init_fan_in(self.token_embed)  # token content at the scale of the token position embeddings
 
     def forward(self, codes: Tensor, keep_len: Tensor | None = None, fill: str = "pad") -> Tensor:

@@ -200,6 +200,13 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def codebook_losses(latents: Tensor, chosen: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+    """VQ-VAE's two terms over real tokens, on (B, N, D) latents and their chosen codes: "commit" pulls the
+    latents toward their codes (codes held fixed), "codebook" the codes toward their latents (latents fixed)."""
+    return {"commit": masked_mean((latents - chosen.detach()) ** 2, mask),
+            "codebook": masked_mean((chosen - latents.detach()) ** 2, mask)}
+
+
 def check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")

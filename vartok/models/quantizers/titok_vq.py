@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vartok.models.quantizers import register_quantizer
-from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats, masked_mean
+from vartok.models.quantizers.base import (
+    Quantizer,
+    QuantizerOutput,
+    codebook_losses,
+    index_stats,
+)
 
 SEARCH_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) distance block in `nearest_codes`
 
@@ -55,8 +60,7 @@ class TiTokVQ(Quantizer):
         z = self._sphere(self.project_in(z))  # (B, N, codebook_dim)
         indices = torch.argmin(self._distances(z.reshape(-1, z.shape[-1])), dim=1).view(z.shape[:2])  # (B, N)
         chosen = self._sphere(self.embedding(indices))  # differentiable in the codebook
-        losses = {"commit": masked_mean((z - chosen.detach()) ** 2, mask),
-                  "codebook": masked_mean((chosen - z.detach()) ** 2, mask)}
+        losses = codebook_losses(z, chosen, mask)
         codes = self.project_out(z + (chosen - z).detach())
         return QuantizerOutput(codes, indices, losses, index_stats(indices.detach(), mask, self.codebook_size))
 

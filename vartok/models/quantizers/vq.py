@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from vartok.models.quantizers import register_quantizer
-from vartok.models.quantizers.base import Quantizer, QuantizerOutput, index_stats, masked_mean
+from vartok.models.quantizers.base import (
+    Quantizer,
+    QuantizerOutput,
+    codebook_losses,
+    index_stats,
+)
 
 SEARCH_CHUNK_ELEMENTS = 2**24  # cap of one (rows × codebook) similarity block in `nearest_codes` (64 MiB float32)
 
@@ -101,8 +106,7 @@ class VQQuantizer(Quantizer):
             losses = {"commit": breakdown.commitment}
         else:
             chosen = self.vq.get_codes_from_indices(indices)  # (B, N, codebook_dim), differentiable codebook
-            losses = {"commit": masked_mean((low - chosen.detach()) ** 2, mask),
-                      "codebook": masked_mean((chosen - low.detach()) ** 2, mask)}
+            losses = codebook_losses(low, chosen, mask)
         return QuantizerOutput(codes, indices, losses, index_stats(indices.detach(), mask, self.codebook_size))
 
     def lookup_codes(self, indices: Tensor) -> Tensor:
