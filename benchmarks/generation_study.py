@@ -14,7 +14,8 @@ control, trains the decoder for the same steps on clean tokens (keep_prob 1, int
 folders already hold their exports. Without --inception-weights the FID network is a randomly initialised
 Inception-v3 (batch norms calibrated on the demo crops, as benchmarks/robustness.py), `--networks` of them:
 FID figures compare models within this run only. Each network draws its own gFID samples (seed = network
-index), so the spread over networks covers the feature network and the sampling together.
+index), so the spread over networks covers the feature network and the sampling together. The spread over
+training seeds: one run per tokenizer, arms named ARM/SEED, gathered by benchmarks/generation_spread.py.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def measure(export: Path, prior_path: Path, data: list[dict], networks: list, fe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", required=True,
-                        help="NAME=RUN_DIR of a trained demo tokenizer (RUN_DIR/export); give two or more")
+                        help="NAME=RUN_DIR of a trained demo tokenizer (RUN_DIR/export), repeated per tokenizer; "
+                             "name them ARM/SEED for benchmarks/generation_spread.py")
     parser.add_argument("--images", type=int, default=256, help="held-out demo crops measured (and gFID samples)")
     parser.add_argument("--networks", type=int, default=2, help="random Inception-v3 initialisations")
     parser.add_argument("--feature", type=int, default=192, help="Inception feature layer (64, 192, 768, 2048)")
