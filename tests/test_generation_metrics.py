@@ -32,6 +32,7 @@ from vartok.metrics import EvalPlan, Networks, evaluate
 from vartok.metrics.generation import Generation, PriorSamples
 from vartok.models.prior import TokenPrior, TokenSpec
 from vartok.tokenizers import Tokenizer
+from vartok.tokenizers.randomness import keyed_seed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE, COUNT, BATCH, SAMPLES, WORLD = 16, 11, 2, 9, 2
@@ -160,12 +161,20 @@ def test_gfid_of_prior_samples_is_finite_differs_and_is_set_by_the_seed(images, 
 def test_sample_union_over_ranks_does_not_depend_on_the_world_size() -> None:
     prior = tiny_prior(tiny_tokenizer(), num_classes=3)
     source = PriorSamples(prior, temperature=0.7, top_k=20, seed=3)
-    one = torch.cat(list(source.draw(4, 7, 0, 1, batch_size=4)))
-    for world in (2, 3):
+    one = torch.cat(list(source.draw(4, 7, 0, 1, batch_size=2)))  # samples 0..6 in order
+    for world in (2, 3):  # chunks of 2 samples, rank r drawing chunks r, r + world, ...
         shares = [torch.cat(list(source.draw(4, 7, r, world, batch_size=2))) for r in range(world)]
-        assert torch.equal(torch.cat(shares), one[[i for r in range(world) for i in range(r, 7, world)]])
-    assert torch.equal(torch.cat(list(source.draw(2, 7, 0, 1, batch_size=7))), one[:, :2])  # prefixes
+        order = [i for r in range(world) for chunk in range(r, 4, world) for i in range(2 * chunk, min(2 * chunk + 2, 7))]
+        assert torch.equal(torch.cat(shares), one[order])
+    assert torch.equal(torch.cat(list(source.draw(2, 7, 0, 1, batch_size=7))), one[:, :2])  # prefixes, batch 7
     assert len({tuple(row.tolist()) for row in one}) > 1
+    # sample i is what one draw of sample i alone gives with keyed_seed(3, i): its label, then its tokens
+    with torch.no_grad():
+        for i in range(7):
+            generator = torch.Generator().manual_seed(keyed_seed(3, i))
+            label = torch.randint(3, (1,), generator=generator)
+            alone = prior.eval().sample(1, 4, label, temperature=0.7, top_k=20, generator=generator)
+            assert torch.equal(alone[0], one[i])
 
 
 # ---------------------------------------------------------------------------------------------- DDP (slow)

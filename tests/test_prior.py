@@ -256,6 +256,22 @@ def test_tiny_temperature_is_greedy_decoding(kind: str, num_classes: int) -> Non
     assert torch.equal(x, greedy)
 
 
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_one_generator_per_sequence_samples_each_as_if_drawn_alone(kind: str) -> None:
+    """A batch with a list of generators gives, row by row, what sample(1, ...) gives with that generator: the
+    keyed per-sample draws of gFID, in one batched pass."""
+    spec = SPECS[kind]
+    prior = small(spec, num_classes=3)
+    labels = torch.tensor([2, 0, 1, 1, 0])
+    with torch.no_grad():
+        together = prior.sample(5, spec.num_tokens, labels, temperature=0.9,
+                                generator=[torch.Generator().manual_seed(10 + b) for b in range(5)])
+        alone = torch.cat([prior.sample(1, spec.num_tokens, labels[b : b + 1], temperature=0.9,
+                                        generator=torch.Generator().manual_seed(10 + b)) for b in range(5)])
+    assert torch.equal(together, alone)
+    assert len({tuple(row.flatten().tolist()) for row in together}) > 1
+
+
 def test_class_labels_condition_the_samples() -> None:
     prior = small(SPECS["categorical"], num_classes=3, sharp=100.0)
     x = prior.sample(3, 6, torch.tensor([0, 1, 2]), temperature=1e-4)
@@ -356,6 +372,9 @@ def bad_calls() -> list[tuple[str, object, str]]:
         ("no group dim", lambda: classes.nll(x, two), r"shape \(B, k, 3\) for 6 tokens of 3 groups.*got \(2, 6\)"),
         ("float indices", lambda: plain.nll(x.float()), "integer tensor .*got dtype torch.float32"),
         ("keep_prob", lambda: plain.mix(x, 1.5), r"keep_prob must be a number in \[0, 1\].*got 1.5"),
+        ("generators", lambda: plain.sample(2, 3, generator=[torch.Generator()]),
+         "one torch.Generator per sequence: 2 sequences, got 1 items"),
+        ("mix generators", lambda: plain.mix(x, 0.5, generator=[torch.Generator()] * 2), "mix takes one generator"),
         ("width/heads", lambda: TokenPrior(SPECS["bits"], width=30, heads=4), "width 30 must be a multiple of heads 4"),
         ("bits codes", lambda: TokenSpec(4, "bits", 12), "codes = 2\\^bits, got codes=12"),
         ("groups", lambda: TokenSpec(4, "categorical", 12, groups=2), "groups must be 1, got 2"),

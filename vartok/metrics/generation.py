@@ -8,8 +8,11 @@
   evaluated originals, in the evaluation's FIDBank (the same network, features and reference set as rFID).
 
 Sampling: sample i (0 <= i < samples; samples = the number of evaluated images unless given) draws from its own
-generator, on the prior's device, seeded with keyed_seed(seed, i); rank r draws the samples i = r, r + world,
-..., so the union over ranks, and gFID, is the same for any number of ranks or batch size. A class-conditional
+generator, on the prior's device, seeded with keyed_seed(seed, i). The indices are cut into chunks of
+batch_size consecutive samples, rank r draws chunks r, r + world, ..., and a chunk is one batched draw in which
+each row takes its random numbers from its own generator. A chunk is therefore the same batch on any number of
+ranks, and the union over ranks, and gFID, is the same for any world size; another batch size changes only the
+float rounding of the batched forward (which could flip a draw at a near tie). A class-conditional
 prior's label for sample i is drawn uniformly from its classes by that generator, before its tokens. Each
 sample is drawn once at the longest length L: the first k tokens of an autoregressive draw are a draw of k
 tokens with the same temperature and top-k, so every k measures prefixes of the same samples, as rFID decodes
@@ -78,21 +81,22 @@ class PriorSamples:
     def observe(self, indices: Tensor) -> None:
         return None
 
-    def _one(self, index: int, length: int) -> Tensor:
-        """Sample `index`: (1, length[, G]) drawn with its own generator (a label first when conditional)."""
+    def _batch(self, indices: range, length: int) -> Tensor:
+        """Samples `indices`: (b, length[, G]), row j drawn with sample indices[j]'s own generator (its label
+        first when conditional), so no row depends on its batch neighbours' random numbers."""
         device = self.prior.pos_embed.device
-        generator = torch.Generator(device=device).manual_seed(keyed_seed(self.seed, index))
+        generators = [torch.Generator(device=device).manual_seed(keyed_seed(self.seed, i)) for i in indices]
         classes = int(self.prior.num_classes)
-        labels = torch.randint(classes, (1,), generator=generator, device=device) if classes else None
-        return self.prior.sample(1, length, labels=labels, temperature=self.temperature, top_k=self.top_k,
-                                 generator=generator)
+        labels = (torch.cat([torch.randint(classes, (1,), generator=g, device=device) for g in generators])
+                  if classes else None)
+        return self.prior.sample(len(indices), length, labels=labels, temperature=self.temperature, top_k=self.top_k,
+                                 generator=generators)
 
     def draw(self, length: int, samples: int, rank: int, world: int, batch_size: int) -> Iterator[Tensor]:
-        mine = list(range(rank, samples, world))
+        chunks = [range(start, min(start + batch_size, samples)) for start in range(0, samples, batch_size)]
         with _eval_mode(self.prior):
-            for start in range(0, len(mine), batch_size):
-                # one sequence per call: a shared generator would tie each sample to its batch neighbours
-                yield torch.cat([self._one(i, length) for i in mine[start : start + batch_size]])
+            for chunk in chunks[rank::world]:
+                yield self._batch(chunk, length)
 
     def describe(self) -> dict[str, Any]:
         labels = "uniform over the prior's classes, drawn per sample" if self.prior.num_classes else None

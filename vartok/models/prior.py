@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -221,7 +222,8 @@ class TokenPrior(nn.Module):
     @torch.no_grad()
     def _generate(
         self, batch: int, length: int, labels: Tensor | None, temperature: float, top_k: int | None,
-        generator: torch.Generator | None, forced: Tensor | None = None, keep: Tensor | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None, forced: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> Tensor:
         """Draw `length` tokens left to right with a key/value cache; where keep (B, length) is True, the token
         taken is forced (B, length[, G]) instead of the draw (which is made anyway, so draws line up)."""
@@ -240,7 +242,7 @@ class TokenPrior(nn.Module):
 
     def sample(
         self, batch: int, length: int, labels: Tensor | None = None, temperature: float = 1.0,
-        top_k: int | None = None, generator: torch.Generator | None = None,
+        top_k: int | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Draw token sequences from the prior, under torch.no_grad.
 
@@ -250,12 +252,14 @@ class TokenPrior(nn.Module):
             labels: (B,) int64 class labels of a class-conditional prior, else None.
             temperature: > 0; divides each symbol's logits (each bit's logit for kind "bits").
             top_k: draw each symbol among its k most likely values only (None: all); not for kind "bits".
-            generator: random source on the prior's device (None: torch's default).
+            generator: random source on the prior's device (None: torch's default), or a list of B: sequence b
+                then draws from generator b alone, the tokens it would get sampled by itself (up to the float
+                rounding of a batched forward), so a batch of keyed generators samples like one call per sequence.
         Returns:
             (B, k) or (B, k, G) int64 tokens.
         """
         _positive_int("sample batch", batch)
-        check_generation(self.spec, length, temperature, top_k, generator, self.pos_embed.device)
+        check_generation(self.spec, length, temperature, top_k, generator, self.pos_embed.device, batch)
         check_labels(self.num_classes, labels, batch)
         return self._generate(batch, length, labels, temperature, top_k, generator)
 

@@ -10,6 +10,7 @@ code of K bits, predicted as K independent bits given the earlier tokens, MSB fi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -119,25 +120,30 @@ class TokenCodec(nn.Module):
         return chosen.sum(-1)
 
     def draw(
-        self, logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+        self, logits: Tensor, temperature: float, top_k: int | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> Tensor:
         """Draw one token per row from the logits of one position.
 
         Categorical symbols use the Gumbel-max trick, argmax(logit + temperature·g), which draws from
         softmax(logit / temperature) without dividing by a small temperature (no overflow; the limit is the
         argmax). A bit is 1 when temperature·log(u / (1 - u)) < logit, i.e. with probability σ(logit / temperature).
-        Both use one uniform per symbol (per bit) from `generator`.
+        Both use one uniform per symbol (per bit) from `generator`; with one generator per row, row b's
+        uniforms come from generator b alone, the same numbers as a draw of that row by itself.
 
         Args:
             logits: (B, G, C), or (B, K) for kind "bits".
             temperature: > 0.
             top_k: keep only the k largest logits of each symbol (None: all); not for kind "bits".
-            generator: the random source, on the logits' device (None: torch's default).
+            generator: the random source, on the logits' device (None: torch's default), or one per row.
         Returns:
             (B,) int64, or (B, G) for grouped tokens.
         """
         logits = logits.float()
-        uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+        if isinstance(generator, (list, tuple)):  # (B, ...): row b from generator b
+            uniform = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device) for g in generator])
+        else:
+            uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
         if self.kind == "bits":
             bits = temperature * (uniform.log() - torch.log1p(-uniform)) < logits  # (B, K)
             return bits_to_indices(bits)
@@ -201,10 +207,11 @@ def check_labels(num_classes: int, labels: Tensor | None, batch: int) -> None:
 
 
 def check_generation(
-    spec: Any, length: int, temperature: float, top_k: int | None, generator: torch.Generator | None,
-    device: torch.device,
+    spec: Any, length: int, temperature: float, top_k: int | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device, batch: int | None = None,
 ) -> None:
-    """Length in [1, N], temperature > 0, top_k in [1, C] (none for kind "bits"), generator on the prior's device."""
+    """Length in [1, N], temperature > 0, top_k in [1, C] (none for kind "bits"), generator on the prior's device;
+    a list of generators (only where `batch` is given) holds one torch.Generator per sequence."""
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= spec.num_tokens:
         raise ValueError(
             f"length must be an int in [1, {spec.num_tokens}] (the prior predicts {spec.num_tokens} tokens), got {length!r}"
@@ -219,8 +226,18 @@ def check_generation(
             )
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= spec.codes:
             raise ValueError(f"top_k must be None or an int in [1, {spec.codes}] (codes per symbol), got {top_k!r}")
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(
-            f"the generator is on {generator.device} but the prior is on {device}; make it with "
-            f"torch.Generator(device={str(device)!r})"
-        )
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if isinstance(generator, (list, tuple)):
+        if batch is None:
+            raise ValueError("mix takes one generator (or None), not a list")
+        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(
+                f"a list of generators gives one torch.Generator per sequence: {batch} sequences, got "
+                f"{len(generator)} items"
+            )
+    for one in generators:
+        if one is not None and torch.device(one.device).type != torch.device(device).type:
+            raise ValueError(
+                f"the generator is on {one.device} but the prior is on {device}; make it with "
+                f"torch.Generator(device={str(device)!r})"
+            )
