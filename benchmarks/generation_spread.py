@@ -68,8 +68,9 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def paired(a: dict[str, dict], b: dict[str, dict], stage_a: str, stage_b: str, metrics: list[str],
            networks: int, pfid_alpha: str) -> dict:
-    """a[stage_a] − b[stage_b] over the seeds both hold, per metric and network, with how many are below 0."""
-    seeds = sorted(set(a) & set(b))
+    """a[stage_a] − b[stage_b] over the seeds both hold (with those stages), per metric and network, with how
+    many are below 0."""
+    seeds = sorted(s for s in set(a) & set(b) if stage_a in a[s] and stage_b in b[s])
     out: dict = {"seeds": seeds}
     for metric in metrics:
         if metric in ("psnr", "bits_per_token"):
@@ -100,7 +101,7 @@ def summarise(arms: dict[str, dict[str, dict]], pfid_alpha: str) -> dict:
             entry["psnr"] = rise_summary([s[stage]["psnr"] for s in held])
             entry["bits_per_token"] = rise_summary([s[stage]["bits_per_token"] for s in held])
             out["arms"][arm][stage] = entry
-        if all("after_posttraining" in s and "control" in s for s in seeds.values()):
+        if any("after_posttraining" in s and "control" in s for s in seeds.values()):
             out["posttraining"][arm] = {
                 "post_minus_control": paired(seeds, seeds, "after_posttraining", "control", fids + ["psnr"],
                                              networks, pfid_alpha),
@@ -149,7 +150,7 @@ def markdown(summary: dict) -> str:
         for stage, label in names.items():
             if stage in entry:
                 e = entry[stage]
-                lines.append(f"| {arm} | {label} | {_pm(e['psnr'])} | {_pm(e['bits_per_token'], 3)} | "
+                lines.append(f"| {arm} | {label} ({e['psnr']['n']} seeds) | {_pm(e['psnr'])} | {_pm(e['bits_per_token'], 3)} | "
                              f"{_per_network(e['rfid'])} | {_per_network(e['pfid'])} | {_per_network(e['gfid'])} |")
     lines += ["", "Paired by training seed: mean ± sd of the difference, then how many differences are below 0.", "",
               "| arm | difference | Δ gFID | Δ rFID | Δ pFID | Δ PSNR (dB) |", "|---|---|---|---|---|---|"]

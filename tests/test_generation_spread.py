@@ -44,13 +44,24 @@ def test_spearman_matches_scipy() -> None:
     assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
 
 
-def test_paired_differences_and_rankings(tmp_path) -> None:
-    summary = summarise(load_runs(write_studies(tmp_path)), "0.2")
+@pytest.mark.parametrize("partial", [False, True])
+def test_paired_differences_and_rankings(tmp_path, partial: bool) -> None:
+    """partial: seed 2 measured as trained only (the post-training pairs then cover seeds 0 and 1)."""
+    paths = write_studies(tmp_path)
+    if partial:
+        for path in paths:
+            study = json.loads(path.read_text())
+            for name, result in study.items():
+                if name.endswith("/2"):
+                    study[name] = {"before": result["before"]}
+            path.write_text(json.dumps(study))
+    summary = summarise(load_runs(paths), "0.2")
     post = summary["posttraining"]["clean"]
     # after_posttraining (i = 1) − control (i = 2): −1 in every seed and network
+    assert post["post_minus_control"]["seeds"] == (["0", "1"] if partial else ["0", "1", "2"])
     for network in post["post_minus_control"]["gfid"]:
         assert network["mean"] == pytest.approx(-1.0) and network["sd"] == pytest.approx(0.0)
-        assert network["below_zero"] == 3
+        assert network["below_zero"] == network["n"] == (2 if partial else 3)
     assert post["post_minus_before"]["rfid"][0]["mean"] == pytest.approx(0.5)
     versus = summary["arm_vs_arm"]["robust_minus_clean"]
     assert versus["gfid"][1]["mean"] == pytest.approx(-5.0) and versus["bits_per_token"]["mean"] == 0.0
@@ -60,4 +71,5 @@ def test_paired_differences_and_rankings(tmp_path) -> None:
     pfid = [2.0 * s + 0.3 * (arm == "robust") for arm in ("clean", "robust") for s in range(3)]
     row = summary["ranking"]["per_network"][0]
     assert row["spearman_gfid_pfid"] == pytest.approx(spearmanr(gfid, pfid).statistic)
-    assert "| clean | post-trained − control | -1.00 ± 0.00 (3/3)" in markdown(summary)
+    assert f"| clean | post-trained − control | -1.00 ± 0.00 ({2 if partial else 3}/{2 if partial else 3})" in \
+        markdown(summary)
